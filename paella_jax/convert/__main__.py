@@ -1,0 +1,34 @@
+"""Command line for the converters: `python -m paella_jax.convert {paella-v1,vqgan,clip} ...`.
+
+Each converter module exposes `add_arguments(parser)` and `run(args)`; they are imported only
+when their subcommand is used.
+"""
+
+import argparse
+import importlib
+
+COMMANDS = {
+    "paella-v1": ("paella_jax.convert.paella", "Paella v1 token predictor (model_600000.pt)"),
+    "vqgan": ("paella_jax.convert.vqgan", "VQGAN: taming/ruDALL-E ckpt or diffusers VQModel dir"),
+    "clip": ("paella_jax.convert.clip", "CLIP: Hugging Face CLIPModel dir or open_clip ckpt"),
+}
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(prog="python -m paella_jax.convert",
+                                   description="Convert PyTorch weights to paella-jax checkpoints.")
+  sub = parser.add_subparsers(dest="command", required=True)
+  for name, (module_name, help_text) in COMMANDS.items():
+    p = sub.add_parser(name, help=help_text)
+    p.set_defaults(module_name=module_name)
+    # Arguments are added only for the chosen command, so a missing optional converter
+    # never breaks the others.
+  args, rest = parser.parse_known_args(argv)
+  module = importlib.import_module(args.module_name)
+  cmd_parser = argparse.ArgumentParser(prog=f"python -m paella_jax.convert {args.command}")
+  module.add_arguments(cmd_parser)
+  module.run(cmd_parser.parse_args(rest))
+
+
+if __name__ == "__main__":
+  main()

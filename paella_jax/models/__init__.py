@@ -1,0 +1,1 @@
+"""Pure Flax linen modules: the token predictor, the VQGAN and the CLIP encoders."""
