@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 from typing import Any, Mapping, Sequence
@@ -223,8 +224,9 @@ def params_from_hf_state_dict(state_dict: Mapping[str, np.ndarray], config: Clip
 
 # ----------------------------------------------------------------------------- loading
 
+@functools.partial(jax.jit, static_argnums=(0, 2))
 def init_params(config: ClipConfig, rng: jax.Array, param_dtype: Any = jnp.float32):
-  """Randomly initialised parameters of `CLIP(config)`."""
+  """Randomly initialised parameters of `CLIP(config)` (compiled once per config)."""
   model = CLIP(config, param_dtype=param_dtype)
   ids = jnp.zeros((1, config.text.context_length), jnp.int32)
   pixels = None

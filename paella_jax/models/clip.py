@@ -279,7 +279,8 @@ class CLIP(nn.Module):
 
   def encode_image(self, pixels):
     """Normalised pixels (B, S, S, 3) -> unnormalised image embeddings (B, projection_dim) f32."""
-    return self.visual_projection(self._vision(pixels)[1]).astype(jnp.float32)
+    pooled = self._vision(pixels)[1]
+    return self.visual_projection(pooled).astype(jnp.float32)
 
 
 def preprocess_images(images, size: int):
