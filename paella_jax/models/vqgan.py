@@ -322,8 +322,8 @@ class VectorQuantizer(nn.Module):
 
   def __call__(self, z, rng=None, temperature: float = 1.0):
     """Training forward: returns (z_q straight-through, codebook+commitment loss, codes)."""
-    del temperature  # interface parity with GumbelQuantizer
-    codes = self.codes(z, rng)
+    del rng, temperature  # interface parity with GumbelQuantizer
+    codes = self.codes(z)
     z_q = self.lookup(codes).astype(z.dtype)
     sg = jax.lax.stop_gradient
     commit = jnp.mean((sg(z_q) - z).astype(jnp.float32) ** 2)

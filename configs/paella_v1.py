@@ -1,0 +1,32 @@
+"""Paella v1 as released: the 573M-parameter token predictor of the paper (model_600000.pt).
+
+Training hyper-parameters are the paper's: AdamW 3e-4 (wd 0.01, eps 1e-8), linear warm-up over
+10% then constant, gradient clipping 5, label smoothing 0.1, batch 1408, ~600k steps, fp32.
+"""
+
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.model = ml_collections.ConfigDict(dict(
+      num_labels=8192, c_hidden=1280, c_clip=1024, c_r=64,
+      down_levels=(4, 8, 16), up_levels=(16, 8, 4), dtype="float32", param_dtype="float32"))
+  c.latent_shape = (32, 32)  # 256 x 256 images through the f8 VQGAN
+
+  c.train = ml_collections.ConfigDict(dict(
+      seed=0, batch_size=1408, total_steps=600_000,
+      learning_rate=3e-4, warmup_steps=60_000, schedule="warmup_constant",
+      adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8, weight_decay=0.01, grad_clip=5.0,
+      label_smoothing=0.1,
+      # The original drops the conditioning of the whole batch on 10% of the steps ("batch");
+      # "sample" drops it per sample with the same probability.
+      cond_drop_prob=0.1, cond_drop_mode="batch",
+      log_every=100, checkpoint_every=5_000, keep_checkpoints=3))
+
+  c.data = ml_collections.ConfigDict(dict(source="random", path=""))
+
+  c.sampling = ml_collections.ConfigDict(dict(
+      steps=8, cfg=5.0, typical_mass=0.2, typical_min_tokens=1, temperature=(1.0, 1.0),
+      renoise_mode="start"))
+  return c

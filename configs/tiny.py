@@ -1,0 +1,14 @@
+"""A tiny token predictor for tests and quick CPU runs (about 0.2M parameters, 8x8 latents)."""
+
+from configs import paella_v1
+
+
+def get_config():
+  c = paella_v1.get_config()
+  c.model.update(num_labels=64, c_hidden=64, c_clip=32, c_r=16,
+                 down_levels=(1, 2), up_levels=(2, 1))
+  c.latent_shape = (8, 8)
+  c.train.update(batch_size=16, total_steps=200, learning_rate=3e-3, warmup_steps=20,
+                 cond_drop_mode="sample", log_every=20, checkpoint_every=100)
+  c.sampling.update(steps=8)
+  return c

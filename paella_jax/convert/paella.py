@@ -1,0 +1,177 @@
+"""Paella v1 token predictor: PyTorch `DenoiseUNet` state_dict -> Flax `DenoiseUNet` params.
+
+The architecture (codebook size, widths, level and block counts, conditioning width) is read
+from the tensors' shapes; only c_r (the timestep-embedding width, 64 in the paper) cannot be
+told apart from c_clip and is an argument.
+
+    model, params = paella_v1_from_torch("model_600000.pt")
+    python -m paella_jax.convert paella-v1 model_600000.pt checkpoints/paella_v1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+import numpy as np
+
+from paella_jax.checkpoint import save_model
+from paella_jax.convert.torch_io import (CheckpointMismatchError, check_state_dict,
+                                         load_torch_file, to_numpy_state_dict)
+from paella_jax.models.paella import DenoiseUNet
+
+KIND = "paella_v1"
+
+# How a PyTorch tensor becomes a Flax parameter: the transform and its inverse on shapes.
+_TO_FLAX = {
+    "copy": lambda w: w,
+    "linear": lambda w: w.T,                                  # (out, in) -> (in, out)
+    "conv": lambda w: w.transpose(2, 3, 1, 0),                # (out, in, kh, kw) -> (kh, kw, in, out)
+    "conv_transpose": lambda w: w.transpose(2, 3, 0, 1)[::-1, ::-1],  # (in, out, kh, kw), flipped
+    "scalar": lambda w: w.reshape(()),                         # (1, 1, 1) -> ()
+}
+_TORCH_SHAPE = {
+    "copy": lambda s: s,
+    "linear": lambda s: s[::-1],
+    "conv": lambda s: (s[3], s[2], s[0], s[1]),
+    "conv_transpose": lambda s: (s[2], s[3], s[0], s[1]),
+    "scalar": lambda s: (1, 1, 1),
+}
+
+_RESBLOCK = [  # (torch suffix, flax path inside the block, transform)
+    ("gamma", ("layer_scale",), "copy"),
+    ("depthwise.1.weight", ("depthwise", "kernel"), "conv"),
+    ("depthwise.1.bias", ("depthwise", "bias"), "copy"),
+    ("ln.gamma", ("norm", "gamma"), "scalar"),
+    ("ln.beta", ("norm", "beta"), "scalar"),
+    ("ln.ln.weight", ("norm", "ln", "scale"), "copy"),
+    ("ln.ln.bias", ("norm", "ln", "bias"), "copy"),
+    ("channelwise.0.weight", ("mlp_in", "kernel"), "linear"),
+    ("channelwise.0.bias", ("mlp_in", "bias"), "copy"),
+    ("channelwise.2.weight", ("mlp_out", "kernel"), "linear"),
+    ("channelwise.2.bias", ("mlp_out", "bias"), "copy"),
+    ("cond_mapper.weight", ("cond_mapper", "kernel"), "linear"),
+    ("cond_mapper.bias", ("cond_mapper", "bias"), "copy"),
+]
+
+
+def key_map(model: DenoiseUNet) -> list[tuple[str, tuple[str, ...], str]]:
+  """Every (torch key, flax path, transform) of the model: the whole checkpoint layout."""
+  entries = [("embedding.weight", ("embedding", "embedding"), "copy")]
+
+  def conv(torch_prefix, flax_name, kind):
+    entries.append((f"{torch_prefix}.weight", (flax_name, "kernel"), kind))
+    entries.append((f"{torch_prefix}.bias", (flax_name, "bias"), "copy"))
+
+  def block(torch_prefix, flax_name):
+    entries.extend((f"{torch_prefix}.{suffix}", (flax_name,) + path, kind)
+                   for suffix, path, kind in _RESBLOCK)
+
+  for i, n in enumerate(model.down_levels):
+    offset = 1 if i > 0 else 0
+    if i > 0:
+      conv(f"down_blocks.{i}.0", f"down_{i}_downsample", "conv")
+    for j in range(n):
+      block(f"down_blocks.{i}.{j + offset}", f"down_{i}_block_{j}")
+  for i, n in enumerate(model.up_levels):
+    for j in range(n):
+      block(f"up_blocks.{i}.{j}", f"up_{i}_block_{j}")
+    if i < len(model.up_levels) - 1:
+      conv(f"up_blocks.{i}.{n}", f"up_{i}_upsample", "conv_transpose")
+  conv("clf", "clf", "conv")
+  return entries
+
+
+def _unwrap(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+  """Accepts {"state_dict": ...} wrappers and DistributedDataParallel's "module." prefix."""
+  if "state_dict" in state_dict and isinstance(state_dict["state_dict"], Mapping):
+    state_dict = state_dict["state_dict"]
+  if state_dict and all(k.startswith("module.") for k in state_dict):
+    state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
+  return dict(state_dict)
+
+
+def infer_architecture(sd: Mapping[str, np.ndarray], c_r: int = 64) -> dict[str, Any]:
+  """Reads num_labels, c_hidden, c_clip and the level/block counts from tensor shapes."""
+  for key in ("embedding.weight", "clf.weight", "down_blocks.0.0.cond_mapper.weight"):
+    if key not in sd:
+      raise CheckpointMismatchError(
+          f"not a Paella v1 DenoiseUNet checkpoint: key {key!r} is missing "
+          f"(found e.g. {sorted(sd)[:5]})")
+  num_labels = sd["embedding.weight"].shape[0]
+  indices = {}
+  for key in sd:
+    m = re.match(r"(down|up)_blocks\.(\d+)\.(\d+)\.", key)
+    if m:
+      indices.setdefault((m[1], int(m[2])), set()).add(int(m[3]))
+  levels = 1 + max(i for (_, i) in indices)
+  counts = {(path, i): len(indices.get((path, i), ())) for path in ("down", "up")
+            for i in range(levels)}
+  down_levels = [counts["down", i] - (1 if i > 0 else 0) for i in range(levels)]
+  up_levels = [counts["up", i] - (1 if i < levels - 1 else 0) for i in range(levels)]
+  c_cond = sd["down_blocks.0.0.cond_mapper.weight"].shape[1]
+  # The last level's width: its downsampling conv's output channels (or the embedding's).
+  c_hidden = (sd[f"down_blocks.{levels - 1}.0.weight"].shape[0] if levels > 1
+              else sd["embedding.weight"].shape[1])
+  if c_cond <= c_r:
+    raise CheckpointMismatchError(f"conditioning width {c_cond} is not larger than c_r={c_r}")
+  return dict(num_labels=num_labels, c_hidden=c_hidden, c_clip=c_cond - c_r, c_r=c_r,
+              down_levels=down_levels, up_levels=up_levels)
+
+
+def _set(tree: dict, path: tuple[str, ...], value) -> None:
+  for name in path[:-1]:
+    tree = tree.setdefault(name, {})
+  tree[path[-1]] = value
+
+
+def paella_v1_from_torch(path_or_state_dict, c_r: int = 64, dtype=jnp.float32
+                         ) -> tuple[DenoiseUNet, dict]:
+  """Builds the Flax model and its params from a Paella v1 checkpoint (path or state_dict).
+
+  Returns (model, params) with float32 numpy params; `dtype` is the model's compute dtype.
+  Raises CheckpointMismatchError naming missing, unexpected and mis-shaped keys when the
+  checkpoint is not a v1 DenoiseUNet.
+  """
+  if isinstance(path_or_state_dict, (str, os.PathLike)):
+    path_or_state_dict = load_torch_file(path_or_state_dict)
+  sd = to_numpy_state_dict(_unwrap(path_or_state_dict))
+  model = DenoiseUNet(**infer_architecture(sd, c_r), dtype=dtype)
+  mapping = key_map(model)
+  flax_shapes = _flax_shapes(model)
+  expected = {tk: tuple(_TORCH_SHAPE[kind](flax_shapes[fp])) for tk, fp, kind in mapping}
+  check_state_dict(sd, expected, f"Paella v1 DenoiseUNet {model.architecture()}")
+  params: dict = {}
+  for torch_key, flax_path, kind in mapping:
+    _set(params, flax_path, np.array(_TO_FLAX[kind](sd[torch_key]), np.float32))
+  return model, params
+
+
+def _flax_shapes(model: DenoiseUNet) -> dict[tuple[str, ...], tuple[int, ...]]:
+  """Shapes of the model's params by path, from an abstract (eval_shape) initialisation."""
+  import jax
+  from flax import linen as nn
+  from flax.traverse_util import flatten_dict
+  factor = 2 ** len(model.down_levels)  # the smallest latent the model accepts
+  abstract = jax.eval_shape(model.init, jax.random.key(0),
+                            jnp.zeros((1, factor, factor), jnp.int32),
+                            jnp.zeros((1, model.c_clip)), jnp.zeros((1,)))
+  return {k: tuple(v.shape) for k, v in flatten_dict(nn.meta.unbox(abstract["params"])).items()}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("checkpoint", help="PyTorch state_dict, e.g. model_600000.pt")
+  parser.add_argument("out_dir", help="output checkpoint directory (loaded by sample.py)")
+  parser.add_argument("--c-r", type=int, default=64, help="timestep embedding width (64)")
+  parser.add_argument("--overwrite", action="store_true", help="replace an existing out_dir")
+
+
+def run(args: argparse.Namespace) -> None:
+  from paella_jax.models.paella import count_params
+  model, params = paella_v1_from_torch(args.checkpoint, c_r=args.c_r)
+  out = save_model(args.out_dir, params, KIND, model.architecture(),
+                   meta={"source": os.path.abspath(args.checkpoint)}, overwrite=args.overwrite)
+  print(f"converted {count_params(params):,} parameters {model.architecture()} -> {out}")

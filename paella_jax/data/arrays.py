@@ -1,0 +1,96 @@
+"""Pre-tokenized datasets held in memory: (tokens, clip) arrays and a resumable batch iterator.
+
+File formats accepted by `load_token_arrays`:
+  - an .npz with arrays "tokens" int (N, h, w) and "clip" float (N, c_clip);
+  - a directory with tokens.npy and clip.npy of the same shapes.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import numpy as np
+
+
+def check_token_arrays(tokens: np.ndarray, clip: np.ndarray, num_labels: int, c_clip: int,
+                       source: str = "data") -> None:
+  """Raises ValueError naming the problem: ranks, dtypes, sizes, token range."""
+  if tokens.ndim != 3 or not np.issubdtype(tokens.dtype, np.integer):
+    raise ValueError(f"{source}: tokens must be integer (N, h, w), got {tokens.dtype} {tokens.shape}")
+  if clip.ndim != 2 or clip.shape[1] != c_clip or not np.issubdtype(clip.dtype, np.floating):
+    raise ValueError(f"{source}: clip must be float (N, {c_clip}), got {clip.dtype} {clip.shape}")
+  if len(tokens) != len(clip):
+    raise ValueError(f"{source}: {len(tokens)} token maps but {len(clip)} embeddings")
+  if len(tokens) == 0:
+    raise ValueError(f"{source}: no examples")
+  if tokens.min() < 0 or tokens.max() >= num_labels:
+    raise ValueError(f"{source}: token ids must lie in [0, {num_labels}), got "
+                     f"[{tokens.min()}, {tokens.max()}]")
+
+
+def load_token_arrays(path: str) -> tuple[np.ndarray, np.ndarray]:
+  """Reads (tokens (N, h, w) int32, clip (N, C) float32) from an .npz file or a directory."""
+  if os.path.isdir(path):
+    files = [os.path.join(path, name) for name in ("tokens.npy", "clip.npy")]
+    missing = [f for f in files if not os.path.isfile(f)]
+    if missing:
+      raise FileNotFoundError(f"{path} lacks {', '.join(missing)}")
+    tokens, clip = (np.load(f, allow_pickle=False) for f in files)
+  elif os.path.isfile(path):
+    with np.load(path, allow_pickle=False) as data:
+      missing = {"tokens", "clip"} - set(data.files)
+      if missing:
+        raise ValueError(f"{path} lacks arrays {sorted(missing)} (has {data.files})")
+      tokens, clip = data["tokens"], data["clip"]
+  else:
+    raise FileNotFoundError(f"dataset not found: {path}")
+  return tokens.astype(np.int32), clip.astype(np.float32)
+
+
+def random_token_arrays(num_examples: int, latent_shape: tuple[int, int], num_labels: int,
+                        c_clip: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Uniform random tokens and Gaussian embeddings, for smoke tests and benchmarks."""
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(0, num_labels, (num_examples, *latent_shape), dtype=np.int32)
+  return tokens, rng.standard_normal((num_examples, c_clip), dtype=np.float32)
+
+
+class ArrayBatcher:
+  """Endless, seeded, epoch-shuffled batches of {"tokens", "clip"}, resumable exactly.
+
+  `state()` is a small JSON-able dict; `ArrayBatcher(..., state=s)` continues with exactly the
+  batch that would have come next. With `num_shards > 1` each process takes every
+  num_shards-th example of the global batch (its slice of it).
+  """
+
+  def __init__(self, tokens: np.ndarray, clip: np.ndarray, batch_size: int, seed: int = 0,
+               state: dict | None = None, shard_index: int = 0, num_shards: int = 1):
+    if batch_size % num_shards:
+      raise ValueError(f"global batch {batch_size} is not divisible by {num_shards} processes")
+    self.tokens, self.clip = tokens, clip
+    self.batch_size, self.seed = batch_size, seed
+    self.shard_index, self.num_shards = shard_index, num_shards
+    self.epoch, self.position = (state["epoch"], state["position"]) if state else (0, 0)
+    self._order = self._permutation(self.epoch)
+
+  def _permutation(self, epoch: int) -> np.ndarray:
+    return np.random.default_rng([self.seed, epoch]).permutation(len(self.tokens))
+
+  def state(self) -> dict:
+    return {"epoch": int(self.epoch), "position": int(self.position)}
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    index = []
+    while len(index) < self.batch_size:
+      take = min(self.batch_size - len(index), len(self._order) - self.position)
+      index.extend(self._order[self.position:self.position + take])
+      self.position += take
+      if self.position == len(self._order):
+        self.epoch, self.position = self.epoch + 1, 0
+        self._order = self._permutation(self.epoch)
+    index = np.asarray(index)[self.shard_index::self.num_shards]
+    return {"tokens": self.tokens[index], "clip": self.clip[index]}

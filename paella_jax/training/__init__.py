@@ -1,0 +1,1 @@
+"""Training: the jit-compiled step (step.py) and the loop around it (loop.py)."""

@@ -1,0 +1,111 @@
+"""The token predictor's training step: noising, CFG conditioning dropout, smoothed CE, AdamW.
+
+Pure functions: `init_state` builds a `TrainState`, `make_train_step` returns
+`train_step(state, batch) -> (state, metrics)` for the caller to jit (with shardings and
+donation, see `loop.py`). A batch is {"tokens": int (B, h, w), "clip": float (B, c_clip)}.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import linen as nn
+
+from paella_jax.noise import add_noise
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+def learning_rate_schedule(cfg: Mapping[str, Any]) -> optax.Schedule:
+  """Linear warm-up to `learning_rate`, then constant ("warmup_constant", the paper's) or
+  cosine decay to zero at `total_steps` ("warmup_cosine")."""
+  lr, warmup = cfg["learning_rate"], max(int(cfg["warmup_steps"]), 1)
+  if cfg["schedule"] == "warmup_constant":
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)],
+                                [warmup])
+  if cfg["schedule"] == "warmup_cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(int(cfg["total_steps"]), warmup + 1))
+  raise ValueError(f"unknown schedule {cfg['schedule']!r} (warmup_constant, warmup_cosine)")
+
+
+def make_optimizer(cfg: Mapping[str, Any]) -> optax.GradientTransformation:
+  """Gradient clipping by global norm, then AdamW (weight decay on every parameter, as PyTorch)."""
+  return optax.chain(
+      optax.clip_by_global_norm(cfg["grad_clip"]),
+      optax.adamw(learning_rate_schedule(cfg), b1=cfg["adam_b1"], b2=cfg["adam_b2"],
+                  eps=cfg["adam_eps"], weight_decay=cfg["weight_decay"]))
+
+
+def init_state(model: nn.Module, optimizer: optax.GradientTransformation, rng: jax.Array,
+               latent_shape: tuple[int, int]) -> TrainState:
+  """A fresh TrainState (params boxed with their logical axis names stripped)."""
+  init_rng, rng = jax.random.split(rng)
+  tokens = jnp.zeros((1, *latent_shape), jnp.int32)
+  params = model.init(init_rng, tokens, jnp.zeros((1, model.c_clip)), jnp.zeros((1,)))["params"]
+  params = nn.meta.unbox(params)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=optimizer.init(params), rng=rng)
+
+
+def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float) -> jax.Array:
+  """PyTorch's cross_entropy(label_smoothing=eps) per position, without a one-hot tensor.
+
+  logits (..., V) float32, labels (...) int -> (...) float32. Target: (1 - eps) one-hot + eps / V.
+  """
+  log_z = jax.nn.logsumexp(logits, axis=-1)
+  target_logit = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+  return log_z - (1.0 - smoothing) * target_logit - smoothing * jnp.mean(logits, axis=-1)
+
+
+def drop_conditioning(rng: jax.Array, clip: jax.Array, prob: float, mode: str) -> jax.Array:
+  """Zeroes the conditioning (the null condition of guidance) with probability `prob`:
+  per sample ("sample") or for the whole batch at once ("batch", as the original)."""
+  if mode == "sample":
+    keep = jax.random.uniform(rng, (clip.shape[0],)) >= prob
+  elif mode == "batch":
+    keep = jnp.broadcast_to(jax.random.uniform(rng, ()) >= prob, (clip.shape[0],))
+  else:
+    raise ValueError(f"cond_drop_mode must be 'sample' or 'batch', got {mode!r}")
+  return clip * keep.reshape((-1,) + (1,) * (clip.ndim - 1)).astype(clip.dtype)
+
+
+def loss_and_metrics(params, model: nn.Module, batch: Mapping[str, jax.Array], rng: jax.Array,
+                     cfg: Mapping[str, Any]) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Noises the tokens at r ~ U(0, 1) and scores the model's prediction of the clean tokens."""
+  tokens, clip = batch["tokens"], batch["clip"]
+  r_rng, noise_rng, drop_rng = jax.random.split(rng, 3)
+  r = jax.random.uniform(r_rng, (tokens.shape[0],))
+  noised, _ = add_noise(noise_rng, tokens, r, model.num_labels)
+  clip = drop_conditioning(drop_rng, clip, cfg["cond_drop_prob"], cfg["cond_drop_mode"])
+  logits = model.apply({"params": params}, noised, clip, r)
+  loss = jnp.mean(smoothed_cross_entropy(logits, tokens, cfg["label_smoothing"]))
+  accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == tokens)
+  return loss, {"loss": loss, "accuracy": accuracy}
+
+
+def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
+                    cfg: Mapping[str, Any]):
+  """Returns train_step(state, batch) -> (new state, metrics dict of scalars)."""
+  cfg = dict(cfg)
+  schedule = learning_rate_schedule(cfg)
+
+  def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
+    rng = jax.random.fold_in(state.rng, state.step)
+    grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)
+    (_, metrics), grads = grad_fn(state.params, model, batch, rng, cfg)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads), learning_rate=schedule(state.step))
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return train_step
