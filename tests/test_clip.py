@@ -344,3 +344,22 @@ def test_bad_inputs(tiny_clip):
   text_params = {k: params[k] for k in ("text_model", "text_projection")}
   with pytest.raises(ValueError, match="no vision tower"):
     CLIP(text_config).apply({"params": text_params}, pixels(), method="encode_image")
+
+
+@pytest.mark.slow
+def test_parity_full_size_vit_b32(tmp_path):
+  """transformers' default CLIPConfig (OpenAI ViT-B/32: 77 tokens, 224 px), random weights."""
+  torch.manual_seed(0)
+  hf = transformers.CLIPModel(transformers.CLIPConfig()).eval()
+  hf.save_pretrained(tmp_path)
+  model, params, tokenizer = clip_from_pretrained(tmp_path)
+  ids = tokenizer(PROMPTS)
+  images = np.random.RandomState(0).randn(2, 224, 224, 3).astype(np.float32)
+  with torch.no_grad():
+    text = hf.get_text_features(input_ids=torch.tensor(ids, dtype=torch.long)).pooler_output
+    image = hf.get_image_features(pixel_values=torch.tensor(images.transpose(0, 3, 1, 2)))
+  apply = jax.jit(model.apply, static_argnames="method")
+  np.testing.assert_allclose(apply({"params": params}, ids, method="encode_text"), text.numpy(),
+                             atol=TOL, rtol=0)
+  np.testing.assert_allclose(apply({"params": params}, images, method="encode_image"),
+                             image.pooler_output.numpy(), atol=TOL, rtol=0)
