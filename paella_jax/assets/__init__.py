@@ -1,0 +1,1 @@
+"""Package data: the CLIP BPE vocabulary (see README.md in this folder)."""
