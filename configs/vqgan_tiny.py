@@ -9,10 +9,10 @@ from configs import vqgan_sber_f8
 
 def get_config():
   c = vqgan_sber_f8.get_config()
-  c.model.update(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), resolution=32,
+  c.model.update(ch=16, ch_mult=(1, 2, 4), num_res_blocks=1, attn_resolutions=(), resolution=32,
                  z_channels=32, embed_dim=32, n_embed=64, quantizer="vq", norm_groups=8)
   c.image_size = 32
-  c.train.update(batch_size=32, total_steps=1_000, learning_rate=1e-3, adam_b1=0.9, adam_b2=0.99,
+  c.train.update(batch_size=16, total_steps=1_000, learning_rate=1e-3, adam_b1=0.9, adam_b2=0.99,
                  recon_loss="l1", perceptual_weight=0.0, aux_weight=1.0,
                  temperature=(1.0, 1.0 / 16, 500), disc_weight=0.0, disc_start=500,
                  disc_channels=16, disc_layers=2, log_every=50, checkpoint_every=500)
