@@ -22,7 +22,24 @@ def get_config():
       # The original drops the conditioning of the whole batch on 10% of the steps ("batch");
       # "sample" drops it per sample with the same probability.
       cond_drop_prob=0.1, cond_drop_mode="batch",
-      log_every=100, checkpoint_every=5_000, keep_checkpoints=3))
+      log_every=100, checkpoint_every=5_000, keep_checkpoints=3,
+      # Not in the original (fp32, no EMA, no accumulation): 0 / 1 keep it that way.
+      ema_decay=0.0, grad_accum_steps=1,
+      # Peak FLOP/s of one device for MFU; 0 looks the device kind up (paella_jax.metrics).
+      peak_flops_per_device=0.0))
+
+  # Devices as (data, fsdp, tensor) within a slice; one -1 takes the remaining devices.
+  # dcn_shape splits the same axes across slices (multi-slice); the mesh is their product.
+  c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1), dcn_shape=(1, 1, 1)))
+  # Logical axes of the parameters (see models/paella.py) and "batch" -> mesh axes.
+  # With fsdp > 1 the "embed" axis of every weight and its Adam moments is split over fsdp.
+  c.sharding = ml_collections.ConfigDict(dict(rules=(
+      ("batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "tensor"), ("vocab", "tensor"),
+      ("cond", None), ("conv_in", None))))
+
+  # The inference checkpoint written to WORKDIR/model at the end: "ema" or "params" weights,
+  # stored as "float32" or "bfloat16".
+  c.export = ml_collections.ConfigDict(dict(weights="params", dtype="float32"))
 
   c.data = ml_collections.ConfigDict(dict(source="random", path=""))
 

@@ -10,5 +10,6 @@ def get_config():
   c.latent_shape = (8, 8)
   c.train.update(batch_size=16, total_steps=200, learning_rate=3e-3, warmup_steps=20,
                  cond_drop_mode="sample", log_every=20, checkpoint_every=100)
+  c.mesh.shape = (-1, 1, 1)  # data parallel over every device; tests set e.g. (2, 4, 1)
   c.sampling.update(steps=8)
   return c

@@ -1,12 +1,13 @@
 """Device meshes, logical-axis rules and data-parallel helpers.
 
 Parameters of the models carry logical axis names (see `models/`); a config maps them onto the
-mesh axes ("data", "fsdp", "tensor") with `logical_axis_rules`.
+mesh axes ("data", "fsdp", "tensor") with its `sharding.rules` (`make_mesh`, `logical_shardings`).
+The logical axis "batch" names the mesh axes a batch's leading axis is split over.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -41,3 +42,80 @@ def data_parallel(fn: Callable[..., Any], mesh: Mesh | None = None) -> Callable[
     return jax.tree.map(lambda x: x[:size], out) if pad else out
 
   return run
+
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+def _fill(shape: tuple[int, ...], total: int, what: str) -> tuple[int, ...]:
+  """Replaces one -1 in `shape` so that its product is `total`."""
+  if list(shape).count(-1) > 1:
+    raise ValueError(f"{what} {shape}: at most one axis may be -1")
+  known = int(np.prod([s for s in shape if s != -1]))
+  if total % known:
+    raise ValueError(f"{what} {shape} does not divide {total} devices")
+  shape = tuple(total // known if s == -1 else s for s in shape)
+  if int(np.prod(shape)) != total:
+    raise ValueError(f"{what} {shape} has {int(np.prod(shape))} devices, not {total}")
+  return shape
+
+
+def make_mesh(mesh_config: Any, devices: Sequence[Any] | None = None) -> Mesh:
+  """The training mesh of a config: axes ("data", "fsdp", "tensor").
+
+  mesh_config.shape: per-slice (ICI) sizes, one -1 filled from the device count.
+  mesh_config.dcn_shape: sizes across slices (multi-slice, over the data-centre network); the
+  mesh's axis sizes are the products ici * dcn. `devices` defaults to jax.devices() (pass the
+  abstract devices of a TPU topology for ahead-of-time compilation).
+  """
+  from jax.experimental import mesh_utils
+  devices = list(jax.devices() if devices is None else devices)
+  dcn = tuple(mesh_config.get("dcn_shape", (1,) * len(MESH_AXES)))
+  num_slices = int(np.prod(dcn))
+  if len(devices) % num_slices:
+    raise ValueError(f"dcn_shape {dcn} does not divide {len(devices)} devices")
+  ici = _fill(tuple(mesh_config.shape), len(devices) // num_slices, "mesh.shape")
+  if num_slices > 1:
+    grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
+  else:
+    grid = mesh_utils.create_device_mesh(ici, devices, allow_split_physical_axes=True)
+  return Mesh(grid, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def logical_rules(rules: Any) -> tuple[tuple[str, Any], ...]:
+  """Config rules ((logical, mesh axis | tuple of axes | None), ...) as flax expects them."""
+  return tuple((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes)
+               for name, axes in rules)
+
+
+def logical_shardings(specs: Any, mesh: Mesh, rules: Any) -> Any:
+  """Maps a tree of logical PartitionSpecs (from `nn.get_partition_spec`) to NamedShardings."""
+  from flax import linen as nn
+  return nn.logical_to_mesh_sharding(specs, mesh, logical_rules(rules))
+
+
+def batch_sharding(mesh: Mesh, rules: Any) -> NamedSharding:
+  """Sharding of a batch's leading axis: the mesh axes of the logical axis "batch"."""
+  axes = dict(logical_rules(rules)).get("batch")
+  return NamedSharding(mesh, P(axes))
+
+
+def process_rows(sharding: NamedSharding, global_batch: int) -> slice:
+  """The contiguous rows of a global batch that live on this process's devices.
+
+  Each process loads only these rows; `jax.make_array_from_process_local_data` assembles them.
+  """
+  index = sharding.addressable_devices_indices_map((global_batch,))
+  starts = sorted({idx[0].indices(global_batch)[:2] for idx in index.values()})
+  lo, hi = starts[0][0], starts[-1][1]
+  covered = sum(b - a for a, b in starts)
+  if covered != hi - lo:
+    raise ValueError(f"this process's batch rows are not contiguous: {starts}")
+  return slice(lo, hi)
+
+
+def global_batch(local: Any, sharding: NamedSharding, global_size: int) -> Any:
+  """Assembles each process's rows (a pytree of numpy arrays) into global jax.Arrays."""
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, x, (global_size, *x.shape[1:])),
+      local)

@@ -60,17 +60,15 @@ class ArrayBatcher:
   """Endless, seeded, epoch-shuffled batches of {"tokens", "clip"}, resumable exactly.
 
   `state()` is a small JSON-able dict; `ArrayBatcher(..., state=s)` continues with exactly the
-  batch that would have come next. With `num_shards > 1` each process takes every
-  num_shards-th example of the global batch (its slice of it).
+  batch that would have come next. `rows` selects this process's rows of each global batch of
+  `batch_size` (see `sharding.process_rows`); only those examples are read.
   """
 
   def __init__(self, tokens: np.ndarray, clip: np.ndarray, batch_size: int, seed: int = 0,
-               state: dict | None = None, shard_index: int = 0, num_shards: int = 1):
-    if batch_size % num_shards:
-      raise ValueError(f"global batch {batch_size} is not divisible by {num_shards} processes")
+               state: dict | None = None, rows: slice | None = None):
     self.tokens, self.clip = tokens, clip
     self.batch_size, self.seed = batch_size, seed
-    self.shard_index, self.num_shards = shard_index, num_shards
+    self.rows = rows or slice(0, batch_size)
     self.epoch, self.position = (state["epoch"], state["position"]) if state else (0, 0)
     self._order = self._permutation(self.epoch)
 
@@ -92,5 +90,5 @@ class ArrayBatcher:
       if self.position == len(self._order):
         self.epoch, self.position = self.epoch + 1, 0
         self._order = self._permutation(self.epoch)
-    index = np.asarray(index)[self.shard_index::self.num_shards]
+    index = np.asarray(index)[self.rows]
     return {"tokens": self.tokens[index], "clip": self.clip[index]}

@@ -1,34 +1,40 @@
-"""The training loop: data -> jit-compiled step -> metrics, Orbax checkpoints, final export.
+"""The training loop: data -> sharded jit-compiled step -> metrics, Orbax checkpoints, export.
 
     state = train(config, workdir)
 
-Resumes from the latest checkpoint in WORKDIR/checkpoints (state, RNG and the data iterator's
-position), so a restarted run continues exactly where it stopped. At the end the raw params are
-exported to WORKDIR/model as an inference checkpoint that `sample.py` loads.
+Runs on every process of a (multi-host) job: each process loads only its rows of the global
+batch; process 0 logs. Resumes from the latest complete checkpoint in WORKDIR/checkpoints
+(params, optimizer state, EMA, step, RNG and the data iterator's position), also onto a different
+mesh, so a restarted run continues exactly where it stopped. SIGTERM (preemption) saves a
+checkpoint at the next step and stops. At the end an inference checkpoint is exported to
+WORKDIR/model (config.export: EMA or raw params, float32 or bfloat16) that `sample.py` loads.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import time
-from typing import Any, Iterator, Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from paella_jax.checkpoint import save_model
 from paella_jax.data.arrays import (ArrayBatcher, check_token_arrays, load_token_arrays,
                                     random_token_arrays)
+from paella_jax.hardware import chip_info
 from paella_jax.metrics import MetricWriter
-from paella_jax.models.paella import build_model, count_params
-from paella_jax.training.step import TrainState, init_state, make_optimizer, make_train_step
+from paella_jax.models.paella import count_params
+from paella_jax.sharding import global_batch, process_rows
+from paella_jax.training.partition import Trainer
+from paella_jax.training.step import TrainState
 
 KIND = "paella_v1"
 
 
-def make_batcher(config, state: dict | None = None) -> ArrayBatcher:
-  """The config's data source: "random" or "arrays" (an .npz file or a directory)."""
+def make_batcher(config, state: dict | None = None, rows: slice | None = None) -> ArrayBatcher:
+  """The config's data source ("random" or "arrays": an .npz file or a directory), yielding
+  this process's `rows` of each global batch."""
   m = config.model
   if config.data.source == "random":
     tokens, clip = random_token_arrays(max(config.train.batch_size * 4, 64), config.latent_shape,
@@ -38,25 +44,29 @@ def make_batcher(config, state: dict | None = None) -> ArrayBatcher:
   else:
     raise ValueError(f"unknown data.source {config.data.source!r} (random, arrays)")
   check_token_arrays(tokens, clip, m.num_labels, m.c_clip, source=config.data.path or "random")
-  return ArrayBatcher(tokens, clip, config.train.batch_size, config.train.seed, state,
-                      jax.process_index(), jax.process_count())
+  return ArrayBatcher(tokens, clip, config.train.batch_size, config.train.seed, state, rows)
 
 
 def checkpoint_manager(workdir: str, config):
+  """An async Orbax CheckpointManager keeping the last `keep_checkpoints` steps. Orbax writes
+  each step to a temporary directory and renames it when complete, so a save killed midway is
+  never listed as a step."""
   import orbax.checkpoint as ocp
-  options = ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints, create=True)
+  options = ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints, create=True,
+                                         enable_async_checkpointing=True)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
                                options=options)
 
 
-def save_checkpoint(manager, state: TrainState, data_state: dict) -> None:
+def save_checkpoint(manager, state: TrainState, data_state: dict, force: bool = False) -> None:
   import orbax.checkpoint as ocp
-  manager.save(int(state.step), args=ocp.args.Composite(
+  manager.save(int(state.step), force=force, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
 
 
 def restore_checkpoint(manager, abstract_state: TrainState) -> tuple[TrainState, dict] | None:
-  """The latest complete checkpoint as (state, data iterator state), or None."""
+  """The latest complete checkpoint as (state, data iterator state), or None. The arrays are
+  placed with the shardings of `abstract_state` (which may differ from those saved)."""
   import orbax.checkpoint as ocp
   step = manager.latest_step()
   if step is None:
@@ -66,60 +76,101 @@ def restore_checkpoint(manager, abstract_state: TrainState) -> tuple[TrainState,
   return restored["state"], restored["data"]
 
 
+class PreemptionFlag:
+  """Set by SIGTERM. Multi-process jobs use JAX's preemption sync instead (through Orbax's
+  `reached_preemption`), so that all processes stop at the same step."""
+
+  def __init__(self):
+    self.raised = False
+    self._previous = None
+    if jax.process_count() == 1:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    self.raised = True
+
+  def reached(self, manager, step: int) -> bool:
+    return self.raised or (jax.process_count() > 1 and manager.reached_preemption(step))
+
+  def restore(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
 def train(config, workdir: str, progress: bool = True) -> TrainState:
   """Trains the token predictor of `config` in `workdir`; returns the final state."""
-  model = build_model(config.model)
-  optimizer = make_optimizer(config.train)
-  rng = jax.random.key(config.train.seed)
-  state = init_state(model, optimizer, rng, tuple(config.latent_shape))
+  trainer = Trainer.create(config)
   manager = checkpoint_manager(workdir, config)
-  restored = restore_checkpoint(manager, jax.eval_shape(lambda: state))
-  data_state = None
-  if restored is not None:
-    state, data_state = restored
-  batches = make_batcher(config, data_state)
-  train_step = jax.jit(make_train_step(model, optimizer, config.train), donate_argnums=0)
+  restored = restore_checkpoint(manager, trainer.abstract_state())
+  state, data_state = restored if restored is not None else (trainer.init(), None)
+  total, batch_size = config.train.total_steps, config.train.batch_size
+  batches = make_batcher(config, data_state, process_rows(trainer.batch_sharding, batch_size))
+  step_fn = trainer.compile()
+  flops = step_fn.cost_analysis().get("flops", 0.0)  # per device, one step
+  peak = config.train.peak_flops_per_device or (chip_info(jax.devices()[0].device_kind)
+                                                or (0.0,))[0]
   writer = MetricWriter(workdir)
-  total = config.train.total_steps
   start = int(state.step)
   if writer.enabled:
-    print(f"training {count_params(state.params):,} params, steps {start} -> {total}, "
-          f"workdir {workdir}")
+    print(f"training {count_params(state.params):,} params on {jax.device_count()} devices "
+          f"(mesh {dict(trainer.mesh.shape)}), steps {start} -> {total}, workdir {workdir}")
   bar = _progress(start, total, progress and writer.enabled)
+  preemption = PreemptionFlag()
   last_time, last_step = time.perf_counter(), start
-  metrics = None
   for step in range(start, total):
-    batch = next(batches)
-    state, metrics = train_step(state, {k: jnp.asarray(v) for k, v in batch.items()})
+    batch = global_batch(next(batches), trainer.batch_sharding, batch_size)
+    state, metrics = step_fn(state, batch)
     done = step + 1
     if done % config.train.log_every == 0 or done == total:
       scalars = jax.device_get(metrics)
       now = time.perf_counter()
       scalars["steps_per_sec"] = (done - last_step) / (now - last_time)
-      scalars["images_per_sec"] = scalars["steps_per_sec"] * config.train.batch_size
+      scalars["images_per_sec"] = scalars["steps_per_sec"] * batch_size
+      if peak:
+        scalars["mfu"] = flops * scalars["steps_per_sec"] / peak
       last_time, last_step = now, done
       writer.write(done, scalars)
       if bar is not None:
         bar.set_postfix(loss=f"{scalars['loss']:.4f}", acc=f"{scalars['accuracy']:.3f}")
-    if done % config.train.checkpoint_every == 0 or done == total:
-      save_checkpoint(manager, state, batches.state())
     if bar is not None:
       bar.update(1)
+    preempted = preemption.reached(manager, done)
+    if done % config.train.checkpoint_every == 0 or done == total or preempted:
+      save_checkpoint(manager, state, batches.state(), force=preempted)
+    if preempted:
+      if writer.enabled:
+        print(f"preempted: checkpoint saved at step {done}")
+      break
+  preemption.restore()
   manager.wait_until_finished()
   manager.close()
   writer.close()
   if bar is not None:
     bar.close()
-  if jax.process_index() == 0:
-    export_model(state.params, model, os.path.join(workdir, "model"), config)
+  if int(state.step) == total:
+    export_model(state, trainer.model, os.path.join(workdir, "model"), config)
   return state
 
 
-def export_model(params, model, out_dir: str, config) -> str:
-  """Writes an inference checkpoint (kind paella_v1) that sample.py loads."""
-  return save_model(out_dir, params, KIND, model.architecture(),
+def export_model(state: TrainState, model, out_dir: str, config) -> str | None:
+  """Writes an inference checkpoint (kind paella_v1) that sample.py loads: the EMA or raw
+  params (config.export.weights) in config.export.dtype. Every process takes part in
+  gathering the sharded params; process 0 writes."""
+  weights = state.ema_params if config.export.weights == "ema" else state.params
+  if weights is None:
+    raise ValueError("export.weights='ema' needs train.ema_decay > 0")
+  dtype = jnp.dtype(config.export.dtype)
+  weights = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(dtype), p),
+                    out_shardings=jax.sharding.NamedSharding(
+                        jax.tree.leaves(weights)[0].sharding.mesh, jax.sharding.PartitionSpec()
+                    ))(weights)
+  if jax.process_index() != 0:
+    return None
+  return save_model(out_dir, weights, KIND, model.architecture(),
                     meta={"latent_shape": list(config.latent_shape),
-                          "sampling": config.sampling.to_dict()}, overwrite=True)
+                          "sampling": config.sampling.to_dict(),
+                          "weights": config.export.weights, "dtype": config.export.dtype},
+                    overwrite=True)
 
 
 def _progress(start: int, total: int, enabled: bool):

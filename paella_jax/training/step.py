@@ -2,7 +2,9 @@
 
 Pure functions: `init_state` builds a `TrainState`, `make_train_step` returns
 `train_step(state, batch) -> (state, metrics)` for the caller to jit (with shardings and
-donation, see `loop.py`). A batch is {"tokens": int (B, h, w), "clip": float (B, c_clip)}.
+donation, see `partition.py`). A batch is {"tokens": int (B, h, w), "clip": float (B, c_clip)}.
+Mixed precision comes from the model (dtype "bfloat16" computes in bf16 with float32 master
+weights; the logits, loss and optimizer stay float32).
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ from paella_jax.noise import add_noise
 
 @flax.struct.dataclass
 class TrainState:
+  """step () int32; params and opt_state pytrees; rng a PRNG key; ema_params a copy of the
+  params' structure (an exponential moving average) or None when EMA is off."""
   step: jax.Array
   params: Any
   opt_state: Any
   rng: jax.Array
+  ema_params: Any = None
 
 
 def learning_rate_schedule(cfg: Mapping[str, Any]) -> optax.Schedule:
@@ -47,14 +52,18 @@ def make_optimizer(cfg: Mapping[str, Any]) -> optax.GradientTransformation:
 
 
 def init_state(model: nn.Module, optimizer: optax.GradientTransformation, rng: jax.Array,
-               latent_shape: tuple[int, int]) -> TrainState:
-  """A fresh TrainState (params boxed with their logical axis names stripped)."""
+               latent_shape: tuple[int, int], ema: bool = False, unbox: bool = True
+               ) -> TrainState:
+  """A fresh TrainState. With unbox=False the parameter-shaped leaves (params, optimizer
+  moments, EMA) stay boxed with their logical axis names, for `nn.get_partition_spec`."""
   init_rng, rng = jax.random.split(rng)
   tokens = jnp.zeros((1, *latent_shape), jnp.int32)
   params = model.init(init_rng, tokens, jnp.zeros((1, model.c_clip)), jnp.zeros((1,)))["params"]
-  params = nn.meta.unbox(params)
+  if unbox:
+    params = nn.meta.unbox(params)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=optimizer.init(params), rng=rng)
+                    opt_state=optimizer.init(params), rng=rng,
+                    ema_params=jax.tree.map(jnp.copy, params) if ema else None)
 
 
 def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float) -> jax.Array:
@@ -95,17 +104,48 @@ def loss_and_metrics(params, model: nn.Module, batch: Mapping[str, jax.Array], r
 
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
                     cfg: Mapping[str, Any]):
-  """Returns train_step(state, batch) -> (new state, metrics dict of scalars)."""
+  """Returns train_step(state, batch) -> (new state, metrics dict of scalars).
+
+  cfg["grad_accum_steps"] = k > 1 splits the batch into k micro-batches of B/k (each keeps
+  its rows on the devices that hold them) and averages their gradients in a `lax.scan`;
+  cfg["ema_decay"] > 0 updates state.ema_params after every step.
+  """
   cfg = dict(cfg)
   schedule = learning_rate_schedule(cfg)
+  accum = int(cfg.get("grad_accum_steps", 1))
+  ema_decay = float(cfg.get("ema_decay", 0.0))
+  grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)
+
+  def gradients(params, batch, rng):
+    if accum == 1:
+      (_, metrics), grads = grad_fn(params, model, batch, rng, cfg)
+      return grads, metrics
+
+    def split(x):  # (B, ...) -> (k, B/k, ...), micro-batch i = rows i, i + k, ...
+      if x.shape[0] % accum:
+        raise ValueError(f"batch {x.shape[0]} is not divisible by grad_accum_steps {accum}")
+      return jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1)
+
+    def micro(carry, inputs):
+      micro_batch, i = inputs
+      (_, metrics), grads = grad_fn(params, model, micro_batch, jax.random.fold_in(rng, i), cfg)
+      return jax.tree.map(jnp.add, carry, (grads, metrics)), None
+
+    zeros = (jax.tree.map(jnp.zeros_like, params),
+             {k: jnp.zeros((), jnp.float32) for k in ("loss", "accuracy")})
+    total, _ = jax.lax.scan(micro, zeros, (jax.tree.map(split, batch), jnp.arange(accum)))
+    return jax.tree.map(lambda x: x / accum, total)
 
   def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
     rng = jax.random.fold_in(state.rng, state.step)
-    grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)
-    (_, metrics), grads = grad_fn(state.params, model, batch, rng, cfg)
+    grads, metrics = gradients(state.params, batch, rng)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    ema = state.ema_params
+    if ema is not None:
+      ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
     metrics = dict(metrics, grad_norm=optax.tree.norm(grads), learning_rate=schedule(state.step))
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                         ema_params=ema), metrics
 
   return train_step

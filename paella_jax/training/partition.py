@@ -1,0 +1,79 @@
+"""The sharded trainer: mesh, state and batch shardings, sharded init and the jit-compiled step.
+
+    trainer = Trainer.create(config)                # mesh over jax.devices()
+    state = trainer.init()                          # each device builds only its shards
+    state, metrics = trainer.step(state, batch)     # batch: global jax.Arrays (trainer.batch_sharding)
+
+The same object, given a TPU topology's abstract devices, lowers and compiles the identical step
+ahead of time (`paella_jax.aot`). Shardings follow the config: `config.mesh` and
+`config.sharding.rules` (logical parameter axes -> mesh axes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import linen as nn
+from jax.sharding import Mesh, NamedSharding
+
+from paella_jax.models.paella import DenoiseUNet, build_model
+from paella_jax.sharding import batch_sharding, logical_shardings, make_mesh
+from paella_jax.training.step import TrainState, init_state, make_optimizer, make_train_step
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+  """model, optimizer, mesh, state_shardings (a TrainState of NamedShardings), batch_sharding,
+  `step` (jit-compiled, state donated) and `init(rng) -> TrainState` (jit with out_shardings)."""
+  config: Any
+  model: DenoiseUNet
+  optimizer: optax.GradientTransformation
+  mesh: Mesh
+  state_shardings: TrainState
+  batch_sharding: NamedSharding
+  step: Callable[..., Any]
+  _init: Callable[..., Any]
+
+  @classmethod
+  def create(cls, config, devices: Sequence[Any] | None = None) -> "Trainer":
+    model = build_model(config.model)
+    optimizer = make_optimizer(config.train)
+    mesh = make_mesh(config.mesh, devices)
+    init = lambda rng, unbox=True: init_state(model, optimizer, rng, tuple(config.latent_shape),
+                                              ema=config.train.ema_decay > 0, unbox=unbox)
+    boxed = jax.eval_shape(lambda: init(jax.random.key(0), unbox=False))
+    state_shardings = logical_shardings(nn.get_partition_spec(boxed), mesh, config.sharding.rules)
+    data = batch_sharding(mesh, config.sharding.rules)
+    batch_shardings = {"tokens": data, "clip": data}
+    step = jax.jit(make_train_step(model, optimizer, config.train),
+                   in_shardings=(state_shardings, batch_shardings),
+                   out_shardings=(state_shardings, None), donate_argnums=0)
+    return cls(config, model, optimizer, mesh, state_shardings, data, step,
+               jax.jit(init, out_shardings=state_shardings))
+
+  def init(self, rng: jax.Array | None = None) -> TrainState:
+    """A fresh state, created directly in its shards (no full copy on any one host)."""
+    return self._init(jax.random.key(self.config.train.seed) if rng is None else rng)
+
+  def abstract_state(self) -> TrainState:
+    """The state as ShapeDtypeStructs carrying their shardings (for restoring and AOT)."""
+    shapes = jax.eval_shape(self._init, jax.random.key(0))
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                        shapes, self.state_shardings)
+
+  def abstract_batch(self, batch_size: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
+    """The global batch as ShapeDtypeStructs with the batch sharding."""
+    b = batch_size or self.config.train.batch_size
+    return {"tokens": jax.ShapeDtypeStruct((b, *self.config.latent_shape), jnp.int32,
+                                           sharding=self.batch_sharding),
+            "clip": jax.ShapeDtypeStruct((b, self.model.c_clip), jnp.float32,
+                                         sharding=self.batch_sharding)}
+
+  def compile(self, batch_size: int | None = None):
+    """The step lowered and compiled for abstract arguments: call it like `step`, and read
+    its `cost_analysis()` and `memory_analysis()`."""
+    return self.step.lower(self.abstract_state(), self.abstract_batch(batch_size)).compile()
