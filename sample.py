@@ -3,9 +3,15 @@
     python sample.py --checkpoint runs/default/model --batch-size 4 --seed 0 --out outputs/
     python sample.py --checkpoint ckpt/paella_v1 --embeddings text_emb.npy --steps 8 --cfg 5
 
-Conditioning comes from --embeddings (an .npy of (B, c_clip) or (B, h', w', c_clip)), or is
-the null (zero) conditioning when none is given. Writes OUT/codes.npy ((B, h, w) int32) and
-OUT/codes.json with every setting needed to regenerate the codes exactly.
+    python sample.py --checkpoint ckpt/paella_v1 --clip ckpt/clip_vit_g14 --vqgan ckpt/vqgan \
+        --prompt "a red fox in the snow" --batch-size 4
+
+Conditioning comes from --prompt (encoded by the --clip text encoder), from --embeddings (an .npy
+of (B, c_clip) or (B, h', w', c_clip)), or is the null (zero) conditioning. Writes
+OUT/codes.npy ((N, h, w) int32) and OUT/codes.json with every setting needed to regenerate the
+codes exactly; with a VQGAN (--vqgan, or the one recorded in the checkpoint) also one PNG per
+image (OUT/NNNN.png, each with a JSON sidecar) and OUT/grid.png. --clip and --vqgan default to
+the encoders recorded in the checkpoint's model.json ("clip_checkpoint", "vqgan_checkpoint").
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ def parse_args(argv=None):
   p.add_argument("--prompt", action="append", default=[],
                  help="text prompt (repeatable); needs a CLIP text encoder")
   p.add_argument("--embeddings", help=".npy of conditioning embeddings, one per image")
+  p.add_argument("--clip", help="CLIP checkpoint directory (python -m paella_jax.convert clip)")
+  p.add_argument("--vqgan", help="VQGAN checkpoint directory (python -m paella_jax.convert vqgan)")
   p.add_argument("--batch-size", type=int, default=4, help="images per prompt / embedding")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--steps", type=int, default=None, help="denoising steps (config: 8)")
@@ -56,18 +64,49 @@ def settings_from(args, meta: dict) -> dict:
   return settings
 
 
-def conditioning(args, c_clip: int) -> np.ndarray:
+def encoder_path(given: str | None, meta: dict, key: str, checkpoint: str) -> str | None:
+  """An encoder checkpoint: the command line's, else the one recorded in the model's meta
+  (relative paths there are relative to the model checkpoint)."""
+  if given:
+    return given
+  recorded = meta.get(key)
+  return os.path.join(checkpoint, recorded) if recorded else None
+
+
+def conditioning(args, c_clip: int, clip_dir: str | None) -> tuple[np.ndarray, list[str]]:
+  """(N, c_clip) or (N, h', w', c_clip) embeddings, batch_size per prompt/embedding, and the
+  prompt of each row ("" where none)."""
   if args.prompt:
-    raise SystemExit("text prompts need a CLIP text encoder checkpoint; pass --embeddings "
-                     "with precomputed embeddings for now")
-  if args.embeddings:
+    if not clip_dir:
+      raise SystemExit("text prompts need a CLIP text encoder: pass --clip CKPT_DIR")
+    from paella_jax.convert.clip import ClipEncoder, load_clip
+    encoder = ClipEncoder(*load_clip(clip_dir, text_only=True))
+    emb = encoder.encode_text(args.prompt)
+    prompts = args.prompt
+  elif args.embeddings:
     emb = np.load(args.embeddings, allow_pickle=False).astype(np.float32)
-    if emb.ndim not in (2, 4) or emb.shape[-1] != c_clip:
-      raise SystemExit(f"--embeddings must be (B, {c_clip}) or (B, h', w', {c_clip}), "
-                       f"got {emb.shape}")
+    prompts = [""] * len(emb)
   else:
-    emb = np.zeros((1, c_clip), np.float32)
-  return np.repeat(emb, args.batch_size, axis=0)
+    emb, prompts = np.zeros((1, c_clip), np.float32), [""]
+  if emb.ndim not in (2, 4) or emb.shape[-1] != c_clip:
+    raise SystemExit(f"conditioning must be (B, {c_clip}) or (B, h', w', {c_clip}), "
+                     f"got {emb.shape}")
+  return (np.repeat(emb, args.batch_size, axis=0),
+          [p for p in prompts for _ in range(args.batch_size)])
+
+
+def write_images(out: str, codes: np.ndarray, vqgan_dir: str, prompts: list[str],
+                 record: dict) -> None:
+  """Decodes the codes and writes NNNN.png + NNNN.json per image and grid.png."""
+  from paella_jax.convert.vqgan import VQGANCodec, load_vqgan
+  from paella_jax.images import make_grid, save_png
+  images = VQGANCodec(*load_vqgan(vqgan_dir)).decode(codes)
+  for i, image in enumerate(images):
+    save_png(os.path.join(out, f"{i:04d}.png"), image)
+    with open(os.path.join(out, f"{i:04d}.json"), "w") as f:
+      json.dump(dict(record, index=i, prompt=prompts[i], vqgan=os.path.abspath(vqgan_dir)),
+                f, indent=2)
+  save_png(os.path.join(out, "grid.png"), make_grid(images, columns=record["batch_size"]))
 
 
 def main(argv=None):
@@ -81,7 +120,9 @@ def main(argv=None):
   meta = json.load(open(os.path.join(args.checkpoint, "model.json"))).get("meta", {})
   model = build_model(config)
   settings = settings_from(args, meta)
-  clip = conditioning(args, model.c_clip)
+  clip_dir = encoder_path(args.clip, meta, "clip_checkpoint", args.checkpoint)
+  vqgan_dir = encoder_path(args.vqgan, meta, "vqgan_checkpoint", args.checkpoint)
+  clip, prompts = conditioning(args, model.c_clip, clip_dir)
   codes = sample(model, jax.device_put(params), clip, jax.random.key(args.seed),
                  steps=settings["steps"], cfg=settings["cfg"],
                  typical_mass=settings["typical_mass"],
@@ -92,10 +133,14 @@ def main(argv=None):
   os.makedirs(args.out, exist_ok=True)
   np.save(os.path.join(args.out, "codes.npy"), np.asarray(codes))
   record = dict(checkpoint=os.path.abspath(args.checkpoint), seed=args.seed,
-                batch_size=args.batch_size, embeddings=args.embeddings, **settings)
+                batch_size=args.batch_size, prompts=args.prompt, embeddings=args.embeddings,
+                clip=clip_dir and os.path.abspath(clip_dir), **settings)
   with open(os.path.join(args.out, "codes.json"), "w") as f:
     json.dump(record, f, indent=2)
   print(f"wrote {codes.shape} codes to {os.path.join(args.out, 'codes.npy')}")
+  if vqgan_dir:
+    write_images(args.out, np.asarray(codes), vqgan_dir, prompts, record)
+    print(f"wrote {len(codes)} images and grid.png to {args.out}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ def main(argv=None):
                                    description="Convert PyTorch weights to paella-jax checkpoints.")
   sub = parser.add_subparsers(dest="command", required=True)
   for name, (module_name, help_text) in COMMANDS.items():
-    p = sub.add_parser(name, help=help_text)
+    # add_help=False: "-h" reaches the chosen converter's own parser below.
+    p = sub.add_parser(name, help=help_text, add_help=False)
     p.set_defaults(module_name=module_name)
     # Arguments are added only for the chosen command, so a missing optional converter
     # never breaks the others.
