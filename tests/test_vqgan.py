@@ -234,7 +234,8 @@ def test_codec_batched_and_bf16(rudalle):
   np.testing.assert_allclose(decoded, module.apply({"params": params}, codes,
                                                    method="decode_codes"), atol=1e-5)
   bf16 = VQGANCodec(module, params, batch_size=2, dtype=jnp.bfloat16)
-  assert np.abs(bf16.decode(codes) - decoded).max() < 0.05
+  error = np.abs(bf16.decode(codes) - decoded)  # random weights: about 0.04 max, 0.005 mean
+  assert error.max() < 0.1 and error.mean() < 0.02
   assert np.mean(bf16.encode(images) == codes) > 0.8
   # other sizes that are multiples of f (a larger canvas, as for outpainting)
   assert codec.encode(random_images((1, 12, 20, 3))).shape == (1, 3, 5)
