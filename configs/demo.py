@@ -1,0 +1,33 @@
+"""The built-in default job (`python train.py` with no arguments): the whole system on CPU.
+
+Procedural captioned scenes (paella_jax/data/scenes.py) -> a tiny VQGAN trained from scratch
+(stage 1) -> images encoded to 8x8 codes and captions to embeddings of a tiny CLIP text tower
+with RANDOM frozen weights (seeded) -> a tiny Paella token predictor (stage 2) -> samples for
+every (colour, shape, position) prompt, scored by the deterministic adherence analyser.
+
+The text tower is random and frozen (not trained contrastively): a random causal transformer
+already maps the 72 distinct captions to distinct, stable embeddings, which is all the token
+predictor needs to learn the mapping; training CLIP here would cost minutes and prove nothing
+about Paella.
+"""
+
+import ml_collections
+
+from configs import clip_tiny, tiny, vqgan_tiny
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.num_images = 4096
+  c.vqgan = vqgan_tiny.get_config()
+  c.vqgan.train.update(total_steps=1200, batch_size=32, log_every=50)
+  c.clip = clip_tiny.get_config()
+  c.paella = tiny.get_config()
+  c.paella.train.update(total_steps=3000, batch_size=64, learning_rate=2e-3, warmup_steps=100,
+                        cond_drop_prob=0.1, cond_drop_mode="sample", log_every=50,
+                        checkpoint_every=1000)
+  c.paella.data.source = "arrays"
+  c.paella.sampling.update(steps=8, cfg=3.0, typical_mass=0.2)
+  c.eval_samples_per_prompt = 4
+  return c

@@ -1,0 +1,1 @@
+"""Evaluation: the demo's prompt-adherence analyser."""

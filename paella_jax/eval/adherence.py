@@ -1,0 +1,52 @@
+"""Prompt adherence for the demo scenes: reads colour, shape and position back from an image.
+
+A deterministic analyser, no learned model: the shape's pixels are those far from the
+background; the colour is the palette entry nearest to their median; the position is the
+quadrant of their centroid; the shape is told by how much of its bounding box it fills
+(square ~1, circle ~pi/4, triangle ~1/2).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+
+from paella_jax.data.scenes import BACKGROUND, COLOURS, POSITIONS, Scene
+
+_PALETTE = np.array(list(COLOURS.values()), np.float32)
+_NAMES = list(COLOURS)
+MIN_PIXELS = 6
+
+
+def analyse(image: np.ndarray) -> Scene | None:
+  """(H, W, 3) float in [0, 1] -> the Scene it shows, or None when no shape is found."""
+  image = np.asarray(image, np.float32)
+  foreground = np.linalg.norm(image - BACKGROUND, axis=-1) > 0.3
+  if foreground.sum() < MIN_PIXELS:
+    return None
+  median = np.median(image[foreground], axis=0)
+  colour = int(np.argmin(np.linalg.norm(_PALETTE - median, axis=-1)))
+  # Keep only the pixels of the dominant colour, so stray blobs do not skew the geometry.
+  shape_pixels = foreground & (np.linalg.norm(image - _PALETTE[colour], axis=-1) < 0.35)
+  if shape_pixels.sum() < MIN_PIXELS:
+    return None
+  ys, xs = np.nonzero(shape_pixels)
+  h, w = image.shape[:2]
+  quadrant = (int(ys.mean() + 0.5 >= h / 2), int(xs.mean() + 0.5 >= w / 2))
+  position = next(name for name, q in POSITIONS.items() if q == quadrant)
+  fill = len(ys) / ((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1))
+  shape = "square" if fill > 0.88 else "circle" if fill > 0.64 else "triangle"
+  return Scene(_NAMES[colour], shape, position)
+
+
+def score(images: Iterable[np.ndarray], scenes: Iterable[Scene]) -> dict[str, float]:
+  """Accuracy of colour, shape, position and all three, over images and their target scenes."""
+  found = [analyse(image) for image in images]
+  scenes = list(scenes)
+  hits = {"colour": [], "shape": [], "position": [], "all": []}
+  for f, s in zip(found, scenes):
+    for key in ("colour", "shape", "position"):
+      hits[key].append(f is not None and getattr(f, key) == getattr(s, key))
+    hits["all"].append(f == s)
+  return {key: float(np.mean(v)) for key, v in hits.items()} | {"count": len(scenes)}
