@@ -5,6 +5,10 @@
         --config.data.path=data/encoded.npz --workdir runs/paella_v1
 
 Any config field can be overridden on the command line (--config.train.total_steps=1000).
+
+Multi-host (every host runs the same command): on a TPU pod slice or a cluster JAX detects
+(SLURM, ...) add --multihost; elsewhere name the coordinator and the process:
+    python train.py ... --coordinator_address=host0:1234 --num_processes=2 --process_id=0
 """
 
 import os
@@ -19,15 +23,32 @@ _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf
 config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Config file (get_config()).")
 flags.DEFINE_string("workdir", "runs/default", "Directory for checkpoints, logs and the model.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
+flags.DEFINE_bool("multihost", False, "jax.distributed.initialize() from the environment "
+                  "(TPU pod slices, SLURM, ...).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (explicit multi-host).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (explicit multi-host).")
+flags.DEFINE_integer("process_id", None, "This process's index (explicit multi-host).")
+flags.DEFINE_enum("cpu_collectives", None, ["gloo", "mpi"],
+                  "Collectives between CPU processes (multi-process runs without accelerators).")
 FLAGS = flags.FLAGS
+
+
+def initialize_distributed():
+  import jax
+  if FLAGS.cpu_collectives:
+    jax.config.update("jax_cpu_collectives_implementation", FLAGS.cpu_collectives)
+  if FLAGS.coordinator_address or FLAGS.num_processes or FLAGS.process_id is not None:
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  elif FLAGS.multihost:
+    jax.distributed.initialize()
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save info lines out of the way
+  initialize_distributed()
   from paella_jax.training.loop import train
   train(FLAGS.config, FLAGS.workdir, progress=FLAGS.progress)
-  print(f"done: model written to {os.path.join(FLAGS.workdir, 'model')}")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,11 @@ def save_model(out_dir: str | os.PathLike, params: Any, kind: str,
   shutil.rmtree(tmp_dir, ignore_errors=True)
   os.makedirs(tmp_dir)
   params = jax.tree.map(np.asarray, jax.device_get(params))
-  with ocp.PyTreeCheckpointer() as ckptr:
+  # Written by the calling process alone (host arrays), also inside a multi-process job.
+  local = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
+                                             active_processes={jax.process_index()})
+  with ocp.Checkpointer(ocp.PyTreeCheckpointHandler(multiprocessing_options=local),
+                        multiprocessing_options=local) as ckptr:
     ckptr.save(os.path.join(tmp_dir, PARAMS_DIR), params)
   with open(os.path.join(tmp_dir, MODEL_FILE), "w") as f:
     json.dump({"kind": kind, "config": dict(config), "meta": dict(meta or {})}, f, indent=2)

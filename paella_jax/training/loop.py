@@ -99,6 +99,7 @@ class PreemptionFlag:
 
 def train(config, workdir: str, progress: bool = True) -> TrainState:
   """Trains the token predictor of `config` in `workdir`; returns the final state."""
+  preemption = PreemptionFlag()
   trainer = Trainer.create(config)
   manager = checkpoint_manager(workdir, config)
   restored = restore_checkpoint(manager, trainer.abstract_state())
@@ -115,7 +116,6 @@ def train(config, workdir: str, progress: bool = True) -> TrainState:
     print(f"training {count_params(state.params):,} params on {jax.device_count()} devices "
           f"(mesh {dict(trainer.mesh.shape)}), steps {start} -> {total}, workdir {workdir}")
   bar = _progress(start, total, progress and writer.enabled)
-  preemption = PreemptionFlag()
   last_time, last_step = time.perf_counter(), start
   for step in range(start, total):
     batch = global_batch(next(batches), trainer.batch_sharding, batch_size)
@@ -148,7 +148,9 @@ def train(config, workdir: str, progress: bool = True) -> TrainState:
   if bar is not None:
     bar.close()
   if int(state.step) == total:
-    export_model(state, trainer.model, os.path.join(workdir, "model"), config)
+    out = export_model(state, trainer.model, os.path.join(workdir, "model"), config)
+    if out:
+      print(f"done: model written to {out}")
   return state
 
 

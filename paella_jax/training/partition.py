@@ -12,6 +12,7 @@ ahead of time (`paella_jax.aot`). Shardings follow the config: `config.mesh` and
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Sequence
 
 import jax
@@ -68,6 +69,14 @@ class Trainer:
   def abstract_batch(self, batch_size: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
     """The global batch as ShapeDtypeStructs with the batch sharding."""
     b = batch_size or self.config.train.batch_size
+    spec = self.batch_sharding.spec[0]
+    axes = spec if isinstance(spec, tuple) else (spec,) if spec else ()
+    shards = math.prod(self.mesh.shape[a] for a in axes)
+    if b % (shards * self.config.train.grad_accum_steps):
+      raise ValueError(
+          f"global batch {b} is not divisible by the {shards} batch shards (mesh axes {axes} of "
+          f"{dict(self.mesh.shape)}) x grad_accum_steps {self.config.train.grad_accum_steps}: "
+          "change the batch, config.mesh.shape or the rule for 'batch' in config.sharding.rules")
     return {"tokens": jax.ShapeDtypeStruct((b, *self.config.latent_shape), jnp.int32,
                                            sharding=self.batch_sharding),
             "clip": jax.ShapeDtypeStruct((b, self.model.c_clip), jnp.float32,

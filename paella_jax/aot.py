@@ -1,0 +1,124 @@
+"""Ahead-of-time compile of the sharded train step for a TPU topology, on any machine.
+
+    python -m paella_jax.aot --config configs/paella_v1.py --topology v5e:16x16 --global-batch 1408
+
+Builds the config's mesh over the topology's abstract devices (libtpu, from `jax[tpu]`), lowers
+and compiles the real train step with the config's shardings, and reports per-device memory
+(arguments, temporaries, outputs) against the chip's HBM, FLOPs per step and FITS / DOES NOT
+FIT. Nothing is chosen for you: mesh and rules are the config's (override them with
+--config.mesh.shape=..., --config.sharding.rules=...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+from paella_jax.hardware import GiB, chip_info
+
+config_flags.DEFINE_config_file("config", None, "Config file (get_config()).", lock_config=False)
+flags.DEFINE_string("topology", "v5e:2x2", "TPU topology, e.g. v5e:16x16, v4:2x2x2, v5p:4x4x4.")
+flags.DEFINE_integer("num_slices", 1, "Number of slices (multi-slice; see config.mesh.dcn_shape).")
+flags.DEFINE_integer("global_batch", None, "Global batch (default: config.train.batch_size).")
+
+
+class DoesNotFit(Exception):
+  """The compiler itself found that the step exceeds the chip's HBM."""
+
+
+@dataclasses.dataclass
+class Report:
+  """Per-device bytes and FLOPs of one compiled train step."""
+  topology: str
+  device_kind: str
+  num_devices: int
+  mesh: dict
+  global_batch: int
+  argument_bytes: int
+  temp_bytes: int
+  output_bytes: int
+  alias_bytes: int
+  flops: float
+  hbm_bytes: int | None
+
+  @property
+  def peak_bytes(self) -> int:
+    """Arguments + temporaries + outputs not aliased to (donated) arguments."""
+    return self.argument_bytes + self.temp_bytes + self.output_bytes - self.alias_bytes
+
+  @property
+  def fits(self) -> bool | None:
+    return None if self.hbm_bytes is None else self.peak_bytes <= self.hbm_bytes
+
+  def __str__(self) -> str:
+    gb = lambda b: f"{b / GiB:8.2f} GiB" if b >= GiB else f"{b / 2 ** 20:8.2f} MiB"
+    hbm = gb(self.hbm_bytes) if self.hbm_bytes else "unknown"
+    verdict = {True: "FITS", False: "DOES NOT FIT", None: "UNKNOWN (no HBM size for this chip)"}
+    return "\n".join([
+        f"topology       {self.topology}: {self.num_devices} x {self.device_kind}",
+        f"mesh           {self.mesh}",
+        f"global batch   {self.global_batch} ({self.global_batch / self.num_devices:g} per device)",
+        f"per device:",
+        f"  arguments    {gb(self.argument_bytes)}  (params, optimizer state, EMA, batch shard)",
+        f"  temporaries  {gb(self.temp_bytes)}  (activations, gradients, workspace)",
+        f"  outputs      {gb(self.output_bytes)}  ({gb(self.alias_bytes).strip()} aliased to "
+        f"donated arguments)",
+        f"  peak         {gb(self.peak_bytes)}  of {hbm} HBM",
+        f"  FLOPs/step   {self.flops / 1e9:8.1f} GFLOP",
+        f"total FLOPs    {self.flops * self.num_devices / 1e12:8.1f} TFLOP per step "
+        f"({self.flops * self.num_devices / self.global_batch / 1e9:.1f} GFLOP per image)",
+        verdict[self.fits]])
+
+
+def tpu_devices(topology: str, num_slices: int = 1):
+  """The abstract devices of a TPU topology ("v5e:16x16"); needs libtpu (`jax[tpu]`)."""
+  from jax.experimental import topologies
+  # libtpu refuses a second loader on the same machine unless told it may (no TPU is opened).
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  return topologies.get_topology_desc(topology_name=topology, platform="tpu",
+                                      num_slices=num_slices).devices
+
+
+def compile_report(config, devices, topology: str, global_batch: int | None = None) -> Report:
+  """Compiles the config's train step over `devices` and measures it."""
+  from paella_jax.training.partition import Trainer
+  batch = global_batch or config.train.batch_size
+  trainer = Trainer.create(config, devices)
+  try:
+    compiled = trainer.compile(batch)
+  except jax.errors.JaxRuntimeError as e:
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    raise DoesNotFit(str(e).splitlines()[0]) from None
+  memory = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  kind = devices[0].device_kind
+  info = chip_info(kind)
+  return Report(topology, kind, len(devices), dict(trainer.mesh.shape), batch,
+                memory.argument_size_in_bytes, memory.temp_size_in_bytes,
+                memory.output_size_in_bytes, memory.alias_size_in_bytes,
+                float(cost.get("flops", 0.0)), info[1] if info else None)
+
+
+def main(argv):
+  del argv
+  config = flags.FLAGS.config
+  if config is None:
+    raise app.UsageError("--config is required")
+  devices = tpu_devices(flags.FLAGS.topology, flags.FLAGS.num_slices)
+  try:
+    report = compile_report(config, devices, flags.FLAGS.topology, flags.FLAGS.global_batch)
+  except DoesNotFit as e:
+    print(f"{e}\nDOES NOT FIT")
+    sys.exit(1)
+  print(report)
+  sys.exit(0 if report.fits is not False else 1)
+
+
+if __name__ == "__main__":
+  app.run(main, argv=[a.replace("--global-batch", "--global_batch", 1) for a in sys.argv])
