@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--checkpoint", default="runs/default/model",
+  p.add_argument("--checkpoint", default="runs/demo/paella/model",
                  help="model directory written by train.py or `python -m paella_jax.convert`")
   p.add_argument("--prompt", action="append", default=[],
                  help="text prompt (repeatable); needs a CLIP text encoder")

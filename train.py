@@ -1,5 +1,6 @@
-"""Train the Paella token predictor.
+"""Train the Paella token predictor, or run the built-in demo.
 
+    python train.py                       # the demo (configs/demo.py) end to end, in runs/demo
     python train.py --config configs/tiny.py --workdir runs/tiny
     python train.py --config configs/paella_v1.py --config.data.source=arrays \
         --config.data.path=data/encoded.npz --workdir runs/paella_v1
@@ -19,9 +20,11 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "tiny.py")
-config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Config file (get_config()).")
-flags.DEFINE_string("workdir", "runs/default", "Directory for checkpoints, logs and the model.")
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "demo.py")
+config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG,
+                                "Config file (get_config()); the default runs the demo.")
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the model "
+                    "(default runs/demo for the demo, runs/default otherwise).")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 flags.DEFINE_bool("multihost", False, "jax.distributed.initialize() from the environment "
                   "(TPU pod slices, SLURM, ...).")
@@ -47,8 +50,24 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save info lines out of the way
   initialize_distributed()
+  if "paella" in FLAGS.config:  # the demo pipeline's config (configs/demo.py)
+    run_demo(FLAGS.config, FLAGS.workdir or "runs/demo")
+    return
   from paella_jax.training.loop import train
-  train(FLAGS.config, FLAGS.workdir, progress=FLAGS.progress)
+  train(FLAGS.config, FLAGS.workdir or "runs/default", progress=FLAGS.progress)
+
+
+def run_demo(config, workdir: str) -> None:
+  from paella_jax import demo
+  report = demo.run(config, workdir, progress=FLAGS.progress)
+  print(f"\ndemo finished in {report['minutes']:.1f} min; samples: {workdir}/samples/grid.png; "
+        f"report: {workdir}/report.json")
+  print("prompt adherence    colour  shape  position  all")
+  for name in ("seen", "held_out"):
+    r = report[name]
+    print(f"  {name:<16}  {r['colour']:6.1%} {r['shape']:6.1%}  {r['position']:7.1%} {r['all']:5.1%}"
+          f"   ({r['count']} images)")
+  print(f'try: python sample.py --prompt "a blue square in the bottom right"')
 
 
 if __name__ == "__main__":
