@@ -1,0 +1,198 @@
+"""Training batches through grain: from prepared ArrayRecord shards, or encoded on the fly.
+
+    batches = RecordBatcher("data/laion", batch_size=1408, seed=0, rows=rows, workers=8)
+    batch = next(batches)     # {"tokens": (b, h, w) int32, "clip": (b, c_clip) float32}
+    state = batches.state()   # JSON-able; RecordBatcher(..., state=state) continues exactly
+
+Both batchers shuffle globally (a seeded permutation of every record, new each epoch), give
+each process its own disjoint share (`rows`, this process's rows of the global batch: its
+shard index and count follow from them) and yield this process's b = len(rows) examples per
+step. `workers` > 0 reads and parses in that many processes (the program needs a
+`if __name__ == "__main__":` guard); the order depends on the worker count, so a resumed
+run must use the same count. In
+`ImageBatcher` (small datasets, fine-tuning) the workers decode and crop raw images and the
+main process encodes each batch with the VQGAN and CLIP (jit, data-parallel on the local
+devices) before handing it on; unusable examples are skipped (see decode.REASONS).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterator
+
+import grain.python as pg
+import numpy as np
+
+from paella_jax.data.decode import BadInput, decode_caption, decode_image, resize_crop
+from paella_jax.data.records import read_manifest, record_format, record_paths
+from paella_jax.data.sources import Source
+
+log = logging.getLogger("paella_jax.data")
+
+
+class _ParseRecord(pg.MapTransform):
+
+  def __init__(self, fmt):
+    self.fmt = fmt
+
+  def map(self, record: bytes) -> dict[str, np.ndarray]:
+    return self.fmt.decode(record)
+
+
+def _shard_options(batch_size: int, rows: slice | None) -> tuple[pg.ShardOptions, int]:
+  """This process's grain shard and local batch size from its rows of the global batch."""
+  rows = rows or slice(0, batch_size)
+  local = rows.stop - rows.start
+  if local <= 0 or batch_size % local or rows.start % local:
+    raise ValueError(f"rows {rows} do not split a global batch of {batch_size} evenly")
+  return pg.ShardOptions(rows.start // local, batch_size // local, drop_remainder=True), local
+
+
+def _absl_flags_parsed() -> None:
+  """grain's worker processes read absl flags; programs that parse their arguments with
+  argparse never parse them, so mark the defaults as parsed."""
+  from absl import flags
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+class _GrainBatcher:
+  """An endless grain DataLoader iterator with JSON-able `state()`."""
+
+  def __init__(self, source, operations, batch_size: int, seed: int, state: dict | None,
+               rows: slice | None, workers: int, prefetch: int, read_threads: int):
+    shard, self.local_batch = _shard_options(batch_size, rows)
+    if len(source) < batch_size:
+      raise ValueError(f"{len(source)} examples are fewer than one global batch of {batch_size}")
+    if workers:
+      _absl_flags_parsed()
+    sampler = pg.IndexSampler(len(source), shard, shuffle=True, num_epochs=None, seed=seed)
+    loader = pg.DataLoader(
+        data_source=source, sampler=sampler,
+        operations=[*operations, pg.Batch(self.local_batch, drop_remainder=True)],
+        worker_count=workers, worker_buffer_size=prefetch,
+        read_options=pg.ReadOptions(num_threads=read_threads, prefetch_buffer_size=500))
+    self._iterator = iter(loader)
+    if state is not None:
+      if "grain" not in state:
+        raise ValueError(f"data state {state} was not written by a grain loader (the run was "
+                         "started with another data.source)")
+      self._iterator.set_state(state["grain"].encode())
+
+  def state(self) -> dict:
+    return {"grain": self._iterator.get_state().decode()}
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    return next(self._iterator)
+
+
+class RecordBatcher(_GrainBatcher):
+  """Batches of {"tokens" (b, h, w) int32, "clip" (b, c_clip) float32} from a directory written
+  by `paella_jax.data.prepare`. `manifest` holds its description (shapes, counts, encoders)."""
+
+  def __init__(self, directory: str, batch_size: int, seed: int = 0, state: dict | None = None,
+               rows: slice | None = None, workers: int = 0, prefetch: int = 2,
+               read_threads: int = 16):
+    self.manifest = read_manifest(directory)
+    source = pg.ArrayRecordDataSource(record_paths(directory, self.manifest))
+    super().__init__(source, [_ParseRecord(record_format(self.manifest))], batch_size, seed,
+                     state, rows, workers, prefetch, read_threads)
+
+  def check(self, latent_shape, num_labels: int, c_clip: int) -> None:
+    """Raises ValueError when the records do not fit a model (latent shape, codebook, clip)."""
+    m, where = self.manifest, "prepared dataset"
+    if tuple(m["latent_shape"]) != tuple(latent_shape):
+      raise ValueError(f"{where}: latents {tuple(m['latent_shape'])}, the model expects "
+                       f"{tuple(latent_shape)}")
+    if m["num_labels"] > num_labels:
+      raise ValueError(f"{where}: VQGAN with {m['num_labels']} codes, the model has {num_labels}")
+    if m["c_clip"] != c_clip:
+      raise ValueError(f"{where}: CLIP embeddings of {m['c_clip']}, the model expects {c_clip}")
+
+
+class _RawExamples(pg.RandomAccessDataSource):
+  """Every example of a Source, concatenated over its shards."""
+
+  def __init__(self, source: Source):
+    self.shards, self.description = source.shards, f"{source.kind}:{source.description}"
+    self.ends = np.cumsum([len(s) for s in self.shards])
+
+  def __repr__(self) -> str:  # grain checks it on resume: the same source, the same examples
+    return f"RawExamples({self.description!r}, {len(self)})"
+
+  def __len__(self) -> int:
+    return int(self.ends[-1]) if len(self.ends) else 0
+
+  def __getitem__(self, i: int):
+    s = int(np.searchsorted(self.ends, i, side="right"))
+    return self.shards[s][int(i - (self.ends[s - 1] if s else 0))]
+
+
+class _DecodeCrop(pg.RandomMapTransform):
+  """RawExample -> {"image": (size, size, 3) uint8, "caption": str}, or None when unusable."""
+
+  def __init__(self, size: int, crop: str, min_size: int):
+    self.size, self.crop, self.min_size = size, crop, min_size
+
+  def random_map(self, example, rng: np.random.Generator):
+    try:
+      caption = decode_caption(example.caption)
+      image = decode_image(example.image, self.min_size)
+    except BadInput as e:
+      log.info("skipped %s: %s", example.key, e)
+      return None
+    return {"image": resize_crop(image, self.size, self.crop, rng), "caption": caption}
+
+
+class _Usable(pg.FilterTransform):
+
+  def filter(self, element) -> bool:
+    return element is not None
+
+
+class ImageBatcher(_GrainBatcher):
+  """On-the-fly encoding: batches of {"tokens", "clip"} from a raw `Source` (see sources.py),
+  encoded by `codec` (VQGANCodec) and `encoder` (ClipEncoder) as they are drawn. Crops are
+  random per epoch ("random", fixed by seed and record) or centred."""
+
+  def __init__(self, source: Source, codec, encoder, batch_size: int, size: int = 256,
+               crop: str = "random", min_size: int | None = None, seed: int = 0,
+               state: dict | None = None, rows: slice | None = None, workers: int = 0,
+               prefetch: int = 2, read_threads: int = 16):
+    self.codec, self.encoder = codec, encoder
+    ops = [_DecodeCrop(size, crop, size // 2 if min_size is None else min_size), _Usable()]
+    super().__init__(_RawExamples(source), ops, batch_size, seed, state, rows, workers,
+                     prefetch, read_threads)
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch = super().__next__()
+    return {"tokens": self.codec.encode(batch["image"].astype(np.float32) / 255.0),
+            "clip": self.encoder.encode_text([str(c) for c in batch["caption"]])}
+
+
+def batcher_from_config(config, state: dict | None = None, rows: slice | None = None):
+  """The "records" or "images" data source of a training config (see docs/data.md):
+  config.data.path, and config.data.workers / prefetch; for "images" also config.data.vqgan,
+  config.data.clip (checkpoint directories), image_size, crop."""
+  d, m, t = config.data, config.model, config.train
+  workers, prefetch = d.get("workers", 0), d.get("prefetch", 2)
+  if d.source == "records":
+    batcher = RecordBatcher(d.path, t.batch_size, t.seed, state, rows, workers, prefetch)
+    batcher.check(config.latent_shape, m.num_labels, m.c_clip)
+    return batcher
+  if d.source == "images":
+    from paella_jax.convert.clip import ClipEncoder, load_clip
+    from paella_jax.convert.vqgan import VQGANCodec, load_vqgan
+    from paella_jax.data.sources import open_source
+    rows_ = rows or slice(0, t.batch_size)
+    vq, vq_params = load_vqgan(d.vqgan)
+    clip_model, clip_params, tokenizer = load_clip(d.clip, text_only=True)
+    local = rows_.stop - rows_.start
+    return ImageBatcher(open_source(d.path), VQGANCodec(vq, vq_params, local),
+                        ClipEncoder(clip_model, clip_params, tokenizer, local), t.batch_size,
+                        d.get("image_size", 256), d.get("crop", "random"), None, t.seed, state,
+                        rows, workers, prefetch)
+  raise ValueError(f"unknown data.source {d.source!r} for the grain loader (records, images)")

@@ -1,0 +1,224 @@
+"""Pre-encoding: raw image-caption source -> ArrayRecord shards of VQ tokens + CLIP embeddings.
+
+    python -m paella_jax.data.prepare --source "laion/{00000..00999}.tar" --out data/laion \
+        --vqgan ckpt/vqgan --clip ckpt/clip_g14 [--size 256 --crop random --batch-size 512]
+
+Each input shard becomes one output shard DIR/NAME.array_record plus its summary DIR/NAME.json.
+Images are decoded, resized (shorter side to --size) and cropped (random with a per-example
+seed, or center) on host threads; the VQGAN and the CLIP text tower encode them in jit-compiled
+batches data-parallel over the local devices. Every process of a multi-host job (--distributed)
+takes every process_count-th input shard. A shard whose summary exists is skipped, so a rerun
+after an interruption resumes. The process that finds every shard done writes manifest.json.
+Unusable examples are skipped and counted per reason (see decode.REASONS), in each summary, the
+manifest and the log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import json
+import logging
+import os
+import time
+
+import numpy as np
+
+from paella_jax.data.decode import BadInput, decode_caption, decode_image, example_rng, resize_crop
+from paella_jax.data.records import (FORMAT, MANIFEST, RecordFormat, merge_summaries, write_json,
+                                     write_shard)
+from paella_jax.data.sources import Shard, Source, open_source
+
+log = logging.getLogger("paella_jax.data")
+
+
+class Preparer:
+  """Turns shards of a `Source` into record shards with a VQGANCodec and a ClipEncoder.
+
+  size: output image side in pixels (a multiple of the VQGAN's factor); crop: "random" (the
+  paper's Resize + RandomCrop, fixed per example by `seed`) or "center"; min_size: images whose
+  shorter side is smaller are skipped (default size // 2, at most 2x upscaling); batch_size:
+  examples decoded and encoded together; threads: host threads decoding images.
+  """
+
+  def __init__(self, codec, encoder, size: int = 256, crop: str = "random",
+               min_size: int | None = None, seed: int = 0, batch_size: int = 256,
+               threads: int = 8):
+    factor = codec.module.factor
+    if size % factor:
+      raise ValueError(f"--size {size} is not a multiple of the VQGAN's factor {factor}")
+    if crop not in ("random", "center"):
+      raise ValueError(f"crop must be 'random' or 'center', got {crop!r}")
+    self.codec, self.encoder = codec, encoder
+    self.size, self.crop, self.seed = size, crop, seed
+    self.min_size = size // 2 if min_size is None else min_size
+    self.batch_size, self.threads = batch_size, threads
+    self.format = RecordFormat.for_codebook((size // factor, size // factor),
+                                            encoder.model.config.projection_dim,
+                                            codec.module.n_embed)
+
+  def _load(self, shard: Shard, i: int):
+    """Example i of `shard` -> (key, (size, size, 3) uint8, caption) or (key, BadInput)."""
+    key = f"{shard.name}#{i}"
+    try:
+      example = shard[i]
+      key = example.key
+      caption = decode_caption(example.caption)
+      image = decode_image(example.image, self.min_size)
+      return key, resize_crop(image, self.size, self.crop, example_rng(self.seed, key)), caption
+    except BadInput as e:
+      return key, e
+    except OSError as e:  # a file that vanished or cannot be read
+      return key, BadInput("missing_image", str(e))
+
+  def encode_shard(self, shard: Shard, pool, progress=None) -> tuple[list[bytes], dict]:
+    """All usable examples of `shard` as records, in order, and the shard's summary."""
+    skipped, records, n = collections.Counter(), [], len(shard)
+    chunks = [range(lo, min(lo + self.batch_size, n)) for lo in range(0, n, self.batch_size)]
+    pending = pool.map(lambda i: self._load(shard, i), chunks[0]) if chunks else None
+    for c in range(len(chunks)):
+      loaded = list(pending)
+      if c + 1 < len(chunks):  # decode the next chunk while this one is encoded
+        pending = pool.map(lambda i: self._load(shard, i), chunks[c + 1])
+      good = []
+      for key, *rest in loaded:
+        if isinstance(rest[0], BadInput):
+          skipped[rest[0].reason] += 1
+          log.info("skipped %s: %s", key, rest[0])
+        else:
+          good.append(rest)
+      if good:
+        images = np.stack([image for image, _ in good]).astype(np.float32) / 255.0
+        captions = [caption for _, caption in good]
+        tokens = self.codec.encode(images)
+        clip = self.encoder.encode_text(captions)
+        records.extend(self.format.encode(t, e, s) for t, e, s in zip(tokens, clip, captions))
+      if progress is not None:
+        progress.update(len(loaded))
+    summary = {"shard": shard.name, "file": f"{shard.name}.array_record", "records": len(records),
+               "examples": n, "skipped": dict(sorted(skipped.items()))}
+    return records, summary
+
+  def run(self, source: Source, out_dir: str, process_index: int = 0, process_count: int = 1,
+          progress: bool = True, info: dict | None = None) -> dict | None:
+    """Encodes this process's shards of `source` into `out_dir` (skipping finished ones);
+    returns the manifest if every shard is now done (and writes it), else None."""
+    os.makedirs(out_dir, exist_ok=True)
+    names = [s.name for s in source.shards]
+    if len(set(names)) != len(names):
+      raise ValueError(f"{source.description}: shard names are not unique")
+    mine = [s for s in source.shards[process_index::process_count]
+            if not os.path.isfile(os.path.join(out_dir, f"{s.name}.json"))]
+    done = len(source.shards[process_index::process_count]) - len(mine)
+    if done:
+      log.warning("resuming: %d of this process's shards are already finished", done)
+    bar = None
+    if progress and mine:
+      from tqdm.auto import tqdm
+      bar = tqdm(total=sum(len(s) for s in mine), desc=f"prepare {len(mine)} shards",
+                 unit="img", dynamic_ncols=True)
+    start, total = time.perf_counter(), collections.Counter()
+    with concurrent.futures.ThreadPoolExecutor(self.threads) as pool:
+      for shard in mine:
+        records, summary = self.encode_shard(shard, pool, bar)
+        write_shard(os.path.join(out_dir, summary["file"]), records)
+        write_json(os.path.join(out_dir, f"{shard.name}.json"), summary)
+        total.update(summary["skipped"])
+        if summary["skipped"]:
+          log.warning("%s: %d records, skipped %s", shard.name, summary["records"],
+                      summary["skipped"])
+        if bar is not None:
+          bar.set_postfix(records=bar.n - sum(total.values()), skipped=sum(total.values()))
+    if bar is not None:
+      bar.close()
+    if mine:
+      log.warning("process %d: %d shards in %.1f s", process_index, len(mine),
+                  time.perf_counter() - start)
+    return self.finish(source, out_dir, info or {})
+
+  def finish(self, source: Source, out_dir: str, info: dict) -> dict | None:
+    """Writes (and returns) the manifest once every shard's summary exists."""
+    paths = [os.path.join(out_dir, f"{s.name}.json") for s in source.shards]
+    if not all(os.path.isfile(p) for p in paths):
+      return None
+    summaries = []
+    for p in paths:
+      with open(p) as f:
+        summaries.append(json.load(f))
+    manifest = {"format": FORMAT, **merge_summaries(summaries),
+                "latent_shape": list(self.format.latent_shape), "c_clip": self.format.c_clip,
+                "token_dtype": self.format.token_dtype, "num_labels": self.codec.module.n_embed,
+                "image_size": self.size, "crop": self.crop, "min_size": self.min_size,
+                "seed": self.seed, "source": {"kind": source.kind,
+                                              "description": source.description},
+                **info, "shards": summaries}
+    write_json(os.path.join(out_dir, MANIFEST), manifest)
+    return manifest
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m paella_jax.data.prepare", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--source", required=True,
+                 help='a folder, an index (.jsonl/.csv/.parquet), .tar shards (file, directory, '
+                      'glob or "{00000..00099}.tar" range), or "tfds:NAME"')
+  p.add_argument("--out", required=True, help="output directory (records + manifest.json)")
+  p.add_argument("--vqgan", required=True, help="paella-jax VQGAN checkpoint directory")
+  p.add_argument("--clip", required=True, help="paella-jax CLIP checkpoint directory")
+  p.add_argument("--size", type=int, default=256, help="image side after resize + crop")
+  p.add_argument("--crop", choices=("random", "center"), default="random")
+  p.add_argument("--min-size", type=int, default=None,
+                 help="skip images whose shorter side is smaller (default size // 2)")
+  p.add_argument("--seed", type=int, default=0, help="seed of the random crops")
+  p.add_argument("--batch-size", type=int, default=256,
+                 help="images encoded per jit call (over all local devices)")
+  p.add_argument("--threads", type=int, default=16, help="image decoding threads")
+  p.add_argument("--shard-size", type=int, default=10_000,
+                 help="examples per output shard for folder and tfds sources")
+  p.add_argument("--split", default="train", help="tfds split")
+  p.add_argument("--data-dir", default=None, help="tfds data directory")
+  p.add_argument("--image-key", default="image", help="tfds image feature")
+  p.add_argument("--caption-key", default=None,
+                 help="tfds caption feature (a/b for nested; default caption) or index column")
+  p.add_argument("--path-column", default=None, help="index column holding image paths")
+  p.add_argument("--bfloat16", action="store_true", help="encode images in bfloat16")
+  p.add_argument("--distributed", action="store_true",
+                 help="multi-host: call jax.distributed.initialize() and split the shards")
+  p.add_argument("--no-progress", action="store_true")
+  return p
+
+
+def main(argv=None) -> None:
+  args = build_parser().parse_args(argv)
+  logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+  import jax
+  import jax.numpy as jnp
+  from paella_jax.convert.clip import ClipEncoder, load_clip
+  from paella_jax.convert.vqgan import VQGANCodec, load_vqgan, vqgan_config
+  if args.distributed:
+    jax.distributed.initialize()
+  source = open_source(args.source, args.shard_size, args.split, args.data_dir, args.image_key,
+                       args.caption_key, args.path_column)
+  vq, vq_params = load_vqgan(args.vqgan)
+  clip_model, clip_params, tokenizer = load_clip(args.clip, text_only=True)
+  codec = VQGANCodec(vq, vq_params, args.batch_size, jnp.bfloat16 if args.bfloat16 else None)
+  encoder = ClipEncoder(clip_model, clip_params, tokenizer, args.batch_size)
+  preparer = Preparer(codec, encoder, args.size, args.crop, args.min_size, args.seed,
+                      args.batch_size, args.threads)
+  info = {"vqgan": {"checkpoint": os.path.abspath(args.vqgan), "config": vqgan_config(vq)},
+          "clip": {"checkpoint": os.path.abspath(args.clip),
+                   "config": clip_model.config.to_dict()},
+          "config": vars(args)}
+  manifest = preparer.run(source, args.out, jax.process_index(), jax.process_count(),
+                          not args.no_progress, info)
+  if manifest is None:
+    print(f"this process's shards are done; other processes' shards are still missing in "
+          f"{args.out} (the last to finish writes {MANIFEST})")
+  else:
+    print(f"{manifest['num_records']:,} records of {manifest['examples_read']:,} examples in "
+          f"{len(manifest['shards'])} shards at {args.out}; skipped {manifest['skipped'] or 0}")
+
+
+if __name__ == "__main__":
+  main()

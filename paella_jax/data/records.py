@@ -1,0 +1,113 @@
+"""Pre-encoded datasets on disk: ArrayRecord shards of (VQ tokens, CLIP embedding, caption) and
+the manifest that describes them.
+
+    DIR/manifest.json              format, shapes, counts, skips per reason, encoders, config
+    DIR/SHARD.array_record         one record per example (see RecordFormat)
+    DIR/SHARD.json                 that shard's summary; its presence marks the shard finished
+
+A record is the raw little-endian bytes of tokens (h*w, `token_dtype`), then the embedding
+(c_clip, float32), then the caption in UTF-8: fixed offsets, parsed without copies.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+FORMAT = "paella-jax-records/1"
+MANIFEST = "manifest.json"
+WRITER_OPTIONS = "group_size:1"  # one record per chunk: cheap random access for global shuffle
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordFormat:
+  latent_shape: tuple[int, int]
+  c_clip: int
+  token_dtype: str = "int16"  # int16 holds codebooks of up to 32768 codes
+
+  @classmethod
+  def for_codebook(cls, latent_shape, c_clip: int, num_labels: int) -> "RecordFormat":
+    return cls(tuple(latent_shape), c_clip, "int16" if num_labels <= 32768 else "int32")
+
+  @property
+  def _token_dtype(self) -> np.dtype:
+    return np.dtype(self.token_dtype).newbyteorder("<")
+
+  @property
+  def _split(self) -> tuple[int, int]:
+    t = int(np.prod(self.latent_shape)) * np.dtype(self.token_dtype).itemsize
+    return t, t + 4 * self.c_clip
+
+  def encode(self, tokens: np.ndarray, clip: np.ndarray, caption: str) -> bytes:
+    """tokens (h, w) int, clip (c_clip,) float, caption -> one record."""
+    return (np.asarray(tokens, self._token_dtype).tobytes() + np.asarray(clip, "<f4").tobytes()
+            + caption.encode("utf-8"))
+
+  def decode(self, record: bytes) -> dict[str, np.ndarray]:
+    """One record -> {"tokens": (h, w) int32, "clip": (c_clip,) float32} (caption dropped)."""
+    t, c = self._split
+    if len(record) < c:
+      raise ValueError(f"record of {len(record)} bytes is shorter than the {c} bytes of "
+                       f"tokens {self.latent_shape} {self.token_dtype} + clip ({self.c_clip},)")
+    tokens = np.frombuffer(record, self._token_dtype, t // self._token_dtype.itemsize)
+    tokens = tokens.reshape(self.latent_shape)
+    return {"tokens": tokens.astype(np.int32),
+            "clip": np.frombuffer(record, "<f4", self.c_clip, offset=t).astype(np.float32)}
+
+  def caption(self, record: bytes) -> str:
+    return record[self._split[1]:].decode("utf-8")
+
+
+def write_shard(path: str, records: list[bytes]) -> None:
+  """Writes one ArrayRecord file atomically (a temporary file renamed into place)."""
+  from array_record.python.array_record_module import ArrayRecordWriter
+  tmp = path + ".tmp"
+  writer = ArrayRecordWriter(tmp, WRITER_OPTIONS)
+  for record in records:
+    writer.write(record)
+  writer.close()
+  os.replace(tmp, path)
+
+
+def write_json(path: str, obj: dict) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2)
+  os.replace(tmp, path)
+
+
+def read_manifest(directory: str) -> dict:
+  """The manifest of a prepared dataset; FileNotFoundError names a missing or unfinished one."""
+  path = os.path.join(directory, MANIFEST)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} not found: not a prepared dataset, or `prepare` has not "
+                            "finished every shard (run it again to complete it)")
+  with open(path) as f:
+    manifest = json.load(f)
+  if manifest.get("format") != FORMAT:
+    raise ValueError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+  return manifest
+
+
+def record_format(manifest: dict) -> RecordFormat:
+  return RecordFormat(tuple(manifest["latent_shape"]), manifest["c_clip"],
+                      manifest["token_dtype"])
+
+
+def record_paths(directory: str, manifest: dict) -> list[str]:
+  """The non-empty shard files of a manifest, in order."""
+  return [os.path.join(directory, s["file"]) for s in manifest["shards"] if s["records"]]
+
+
+def merge_summaries(summaries: list[dict]) -> dict:
+  """Totals over shard summaries: records, examples read, skips per reason."""
+  skipped = collections.Counter()
+  for s in summaries:
+    skipped.update(s["skipped"])
+  return {"num_records": sum(s["records"] for s in summaries),
+          "examples_read": sum(s["examples"] for s in summaries),
+          "skipped": dict(sorted(skipped.items()))}

@@ -1,0 +1,170 @@
+"""Sources, decoding and `prepare`: a folder and a tar holding every kind of bad input; skips
+counted per reason, nothing valid lost; resume; process split; tfds; on-the-fly batches."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.data_fixtures import SIZE, raw_examples, tiny_encoders, write_folder, write_tar
+from paella_jax.data.decode import BadInput, decode_image, resize_crop
+from paella_jax.data.loader import ImageBatcher, RecordBatcher
+from paella_jax.data.prepare import Preparer
+from paella_jax.data.records import read_manifest, record_format, record_paths
+from paella_jax.data.sources import expand_paths, index_tar, open_source, tfds_source
+
+
+@pytest.fixture(scope="module")
+def encoders():
+  return tiny_encoders(batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory):
+  root = tmp_path_factory.mktemp("raw")
+  write_folder(str(root / "folder"))
+  os.makedirs(root / "tars")
+  write_tar(str(root / "tars" / "00000.tar"))
+  members = raw_examples()[0]
+  write_tar(str(root / "tars" / "00001.tar"), [(f"b_{k}", f) for k, f in members[:6]])
+  return root
+
+
+def _captions(out_dir):
+  manifest = read_manifest(out_dir)
+  fmt = record_format(manifest)
+  from array_record.python.array_record_data_source import ArrayRecordDataSource
+  source = ArrayRecordDataSource(record_paths(out_dir, manifest))
+  return manifest, [fmt.caption(source[i]) for i in range(len(source))]
+
+
+def test_decode_converts_odd_images():
+  grey16 = Image.fromarray(np.full((20, 20), 65535, np.uint16))
+  import io
+  buf = io.BytesIO()
+  grey16.save(buf, "PNG")
+  assert (decode_image(buf.getvalue()) == 255).all()               # 16 bit: rescaled, not clipped
+  assert decode_image(np.zeros((5, 6, 1), np.uint8)).shape == (5, 6, 3)
+  rgba = np.zeros((4, 4, 4), np.uint8)                              # fully transparent -> white
+  assert (decode_image(rgba) == 255).all()
+  with pytest.raises(BadInput, match="image_too_small"):
+    decode_image(np.zeros((4, 4, 3), np.uint8), min_size=5)
+  image = np.random.default_rng(0).integers(0, 256, (50, 80, 3), np.uint8)
+  assert resize_crop(image, 32, "center").shape == (32, 32, 3)
+  crops = {resize_crop(image, 32, "random", np.random.default_rng(s)).tobytes() for s in range(5)}
+  assert len(crops) > 1
+
+
+@pytest.mark.parametrize("kind", ["folder", "tar"])
+def test_prepare_skips_bad_inputs_and_keeps_every_valid_one(kind, raw, encoders, tmp_path):
+  members, captions, skips = raw_examples()
+  source = open_source(str(raw / "folder") if kind == "folder" else str(raw / "tars" / "00000.tar"))
+  assert source.kind == kind
+  manifest = Preparer(*encoders, size=SIZE, batch_size=8, threads=2).run(
+      source, str(tmp_path), progress=False)
+  assert manifest["skipped"] == skips
+  assert manifest["examples_read"] == len(members)
+  assert manifest["num_records"] == len(captions)
+  assert (manifest["latent_shape"], manifest["c_clip"], manifest["num_labels"]) == ([8, 8], 32, 64)
+  _, got = _captions(str(tmp_path))
+  assert sorted(got) == sorted(captions.values())
+  batch = next(RecordBatcher(str(tmp_path), batch_size=4))
+  assert batch["tokens"].shape == (4, 8, 8) and batch["clip"].shape == (4, 32)
+  assert batch["tokens"].min() >= 0 and batch["tokens"].max() < 64
+
+
+def test_tokens_are_the_codec_encoding_of_the_center_crop(raw, encoders, tmp_path):
+  codec, encoder = encoders
+  source = open_source(f"folder:{raw / 'folder'}")
+  Preparer(codec, encoder, size=SIZE, crop="center", batch_size=8, threads=2).run(
+      source, str(tmp_path), progress=False)
+  manifest = read_manifest(str(tmp_path))
+  fmt = record_format(manifest)
+  from array_record.python.array_record_data_source import ArrayRecordDataSource
+  record = ArrayRecordDataSource(record_paths(str(tmp_path), manifest))[0]
+  example = source.shards[0][0]   # "alpha", the first valid key in sorted order
+  image = resize_crop(decode_image(example.image), SIZE, "center")[None] / 255.0
+  np.testing.assert_array_equal(fmt.decode(record)["tokens"], codec.encode(image)[0])
+  np.testing.assert_allclose(fmt.decode(record)["clip"],
+                             encoder.encode_text([fmt.caption(record)])[0], atol=1e-5)
+
+
+def test_resume_and_process_split(raw, encoders, tmp_path):
+  source = open_source(str(raw / "tars"))
+  assert [s.name for s in source.shards] == ["00000", "00001"]
+  preparer = Preparer(*encoders, size=SIZE, batch_size=8, threads=2)
+  assert preparer.run(source, str(tmp_path), 0, 2, progress=False) is None  # 00001 not done
+  assert os.path.isfile(tmp_path / "00000.json") and not os.path.exists(tmp_path / "00001.json")
+  first = os.path.getmtime(tmp_path / "00000.array_record")
+  manifest = preparer.run(source, str(tmp_path), 1, 2, progress=False)
+  assert [s["records"] for s in manifest["shards"]] == [10, 6]
+  assert os.path.getmtime(tmp_path / "00000.array_record") == first
+  os.remove(tmp_path / "00001.json")                       # interrupted before the summary
+  again = preparer.run(source, str(tmp_path), progress=False)
+  assert os.path.getmtime(tmp_path / "00000.array_record") == first  # finished shard skipped
+  assert {k: v for k, v in again.items()} == manifest
+  assert expand_paths(str(raw / "tars" / "{00000..00001}.tar")) == expand_paths(str(raw / "tars"))
+  with pytest.raises(FileNotFoundError, match="missing"):
+    expand_paths(str(raw / "tars" / "{00000..00002}.tar"))
+
+
+def test_truncated_tar_keeps_what_precedes_the_damage(raw, tmp_path):
+  data = (raw / "tars" / "00000.tar").read_bytes()
+  cut = tmp_path / "cut.tar"
+  cut.write_bytes(data[:len(data) // 2])
+  examples = index_tar(str(cut))
+  assert 0 < len(examples) < 17
+  for read in examples:
+    read()                                                 # reading never raises
+  (tmp_path / "junk.tar").write_bytes(b"not a tar")
+  assert index_tar(str(tmp_path / "junk.tar")) == []
+
+
+def test_tfds_source(encoders, tmp_path):
+  """tfds.data_source yields dicts of decoded arrays; nested features by "a/b" paths."""
+  rng = np.random.default_rng(0)
+  records = [{"image": rng.integers(0, 256, (40, 36, 3), np.uint8),
+              "captions": {"text": np.array([f"caption {i}".encode(), b"other"], object)}}
+             for i in range(5)]
+  records[2]["image"] = rng.integers(0, 256, (4, 4, 3), np.uint8)
+  records[3]["captions"]["text"] = np.array([b""], object)
+  source = tfds_source("fake", caption_key="captions/text", shard_size=3, data_source=records)
+  assert [len(s) for s in source.shards] == [3, 2]
+  manifest = Preparer(*encoders, size=SIZE, batch_size=8, threads=2).run(
+      source, str(tmp_path), progress=False)
+  assert manifest["skipped"] == {"empty_caption": 1, "image_too_small": 1}
+  assert sorted(_captions(str(tmp_path))[1]) == ["caption 0", "caption 1", "caption 4"]
+
+
+def test_on_the_fly_batches_resume_exactly(raw, encoders):
+  source = open_source(str(raw / "folder"))
+
+  def make(state=None):
+    return ImageBatcher(source, *encoders, batch_size=4, size=SIZE, seed=1, state=state)
+  batches = make()
+  for _ in range(3):
+    batch = next(batches)
+  assert batch["tokens"].shape == (4, 8, 8) and batch["clip"].shape == (4, 32)
+  state = batches.state()
+  expected = next(batches)
+  got = next(make(state))
+  np.testing.assert_array_equal(got["tokens"], expected["tokens"])
+  np.testing.assert_array_equal(got["clip"], expected["clip"])
+
+
+def test_cli(raw, encoders, tmp_path, capsys):
+  from paella_jax.convert.clip import save_clip
+  from paella_jax.convert.vqgan import save_vqgan
+  from paella_jax.data.prepare import main
+  codec, encoder = encoders
+  save_vqgan(str(tmp_path / "vqgan"), codec.module, codec.params)
+  save_clip(str(tmp_path / "clip"), encoder.model, encoder.params, encoder.tokenizer)
+  main(["--source", str(raw / "tars" / "00001.tar"), "--out", str(tmp_path / "out"),
+        "--vqgan", str(tmp_path / "vqgan"), "--clip", str(tmp_path / "clip"), "--size", "32",
+        "--crop", "center", "--batch-size", "8", "--no-progress"])
+  assert "6 records of 6 examples" in capsys.readouterr().out
+  manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+  assert manifest["vqgan"]["config"]["n_embed"] == 64 and manifest["config"]["crop"] == "center"
+  assert manifest["clip"]["config"]["projection_dim"] == 32
