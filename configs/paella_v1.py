@@ -45,5 +45,8 @@ def get_config():
 
   c.sampling = ml_collections.ConfigDict(dict(
       steps=8, cfg=5.0, typical_mass=0.2, typical_min_tokens=1, temperature=(1.0, 1.0),
-      renoise_mode="start"))
+      renoise_mode="start", start_step=0,
+      # The paper's per-mode settings for sample.py's editing subcommands (overridable).
+      modes=dict(inpaint=dict(cfg=6.0), outpaint=dict(cfg=4.0), interpolate=dict(cfg=4.0),
+                 edit=dict(cfg=6.0, steps=24, start_step=8, renoise_mode="prev"))))
   return c
