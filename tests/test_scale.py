@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -73,7 +74,8 @@ def test_two_processes_equal_one_and_restore_onto_another_mesh(tmp_path):
       for i in range(2)]
   worker(8, "train", tmp_path / "saved8", 4, "[2, 4, 1]")
   assert worker(4, "train", tmp_path / "saved8", 8, "[2, 2, 1]")["step"] == 8   # resumed on 4
-  worker(4, "train", tmp_path / "single", 8, "[2, 2, 1]")
+  worker(4, "train", tmp_path / "single", 8, "[2, 2, 1]",            # EMA does not change losses
+         json.dumps({"train.ema_decay": 0.9, "export.weights": "ema", "export.dtype": "bfloat16"}))
   for p in procs:
     _, err = p.communicate(timeout=600)
     assert p.returncode == 0, err[-3000:]
@@ -82,6 +84,8 @@ def test_two_processes_equal_one_and_restore_onto_another_mesh(tmp_path):
   np.testing.assert_allclose([multi[s] for s in single], list(single.values()), atol=1e-5)
   np.testing.assert_allclose([resumed[s] for s in (6, 8)], [single[6], single[8]], atol=1e-5)
   assert load_model(tmp_path / "multi" / "model")[0] == "paella_v1"
+  _, _, ema = load_model(tmp_path / "single" / "model")
+  assert {str(x.dtype) for x in jax.tree.leaves(ema)} == {"bfloat16"}
 
 
 def test_sigterm_saves_a_checkpoint_and_partial_saves_are_ignored(tmp_path):
