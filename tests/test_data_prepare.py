@@ -13,7 +13,8 @@ from paella_jax.data.decode import BadInput, decode_image, resize_crop
 from paella_jax.data.loader import ImageBatcher, RecordBatcher
 from paella_jax.data.prepare import Preparer
 from paella_jax.data.records import read_manifest, record_format, record_paths
-from paella_jax.data.sources import expand_paths, index_tar, open_source, tfds_source
+from paella_jax.data.sources import (expand_paths, index_tar, memory_source, open_source,
+                                     tfds_source)
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +33,17 @@ def raw(tmp_path_factory):
   return root
 
 
-def _captions(out_dir):
-  manifest = read_manifest(out_dir)
-  fmt = record_format(manifest)
+def _records(out_dir):
+  """(record format, every record in file order) of a prepared dataset."""
   from array_record.python.array_record_data_source import ArrayRecordDataSource
+  manifest = read_manifest(out_dir)
   source = ArrayRecordDataSource(record_paths(out_dir, manifest))
-  return manifest, [fmt.caption(source[i]) for i in range(len(source))]
+  return record_format(manifest), [source[i] for i in range(len(source))]
+
+
+def _captions(out_dir):
+  fmt, records = _records(out_dir)
+  return [fmt.caption(r) for r in records]
 
 
 def test_decode_converts_odd_images():
@@ -68,7 +74,7 @@ def test_prepare_skips_bad_inputs_and_keeps_every_valid_one(kind, raw, encoders,
   assert manifest["examples_read"] == len(members)
   assert manifest["num_records"] == len(captions)
   assert (manifest["latent_shape"], manifest["c_clip"], manifest["num_labels"]) == ([8, 8], 32, 64)
-  _, got = _captions(str(tmp_path))
+  got = _captions(str(tmp_path))
   assert sorted(got) == sorted(captions.values())
   batch = next(RecordBatcher(str(tmp_path), batch_size=4))
   assert batch["tokens"].shape == (4, 8, 8) and batch["clip"].shape == (4, 32)
@@ -80,10 +86,7 @@ def test_tokens_are_the_codec_encoding_of_the_center_crop(raw, encoders, tmp_pat
   source = open_source(f"folder:{raw / 'folder'}")
   Preparer(codec, encoder, size=SIZE, crop="center", batch_size=8, threads=2).run(
       source, str(tmp_path), progress=False)
-  manifest = read_manifest(str(tmp_path))
-  fmt = record_format(manifest)
-  from array_record.python.array_record_data_source import ArrayRecordDataSource
-  record = ArrayRecordDataSource(record_paths(str(tmp_path), manifest))[0]
+  fmt, (record, *_) = _records(str(tmp_path))
   example = source.shards[0][0]   # "alpha", the first valid key in sorted order
   image = resize_crop(decode_image(example.image), SIZE, "center")[None] / 255.0
   np.testing.assert_array_equal(fmt.decode(record)["tokens"], codec.encode(image)[0])
@@ -135,7 +138,20 @@ def test_tfds_source(encoders, tmp_path):
   manifest = Preparer(*encoders, size=SIZE, batch_size=8, threads=2).run(
       source, str(tmp_path), progress=False)
   assert manifest["skipped"] == {"empty_caption": 1, "image_too_small": 1}
-  assert sorted(_captions(str(tmp_path))[1]) == ["caption 0", "caption 1", "caption 4"]
+  assert sorted(_captions(str(tmp_path))) == ["caption 0", "caption 1", "caption 4"]
+
+
+def test_memory_source_keeps_images_of_the_target_size_exact(encoders, tmp_path):
+  """In-memory uint8 images of the output size pass unchanged (no resize, the crop is all)."""
+  codec, encoder = encoders
+  images = np.random.default_rng(0).integers(0, 256, (5, SIZE, SIZE, 3), np.uint8)
+  captions = [f"scene {i}" for i in range(5)]
+  Preparer(codec, encoder, size=SIZE, batch_size=8, threads=2).run(
+      memory_source(images, captions), str(tmp_path), progress=False)
+  fmt, records = _records(str(tmp_path))
+  order = [captions.index(fmt.caption(r)) for r in records]
+  tokens = np.stack([fmt.decode(r)["tokens"] for r in records])
+  np.testing.assert_array_equal(tokens, codec.encode(images[order] / 255.0))
 
 
 def test_on_the_fly_batches_resume_exactly(raw, encoders):
@@ -168,3 +184,76 @@ def test_cli(raw, encoders, tmp_path, capsys):
   manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
   assert manifest["vqgan"]["config"]["n_embed"] == 64 and manifest["config"]["crop"] == "center"
   assert manifest["clip"]["config"]["projection_dim"] == 32
+
+
+TFDS_BUILDER = """
+import sys
+import numpy as np
+import tensorflow_datasets as tfds
+
+
+class TinyCaptions(tfds.core.GeneratorBasedBuilder):
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        "image": tfds.features.Tensor(shape=(None, None, 3), dtype=np.uint8, encoding="zlib"),
+        "caption": tfds.features.Text()}))
+
+  def _split_generators(self, dl_manager):
+    return {"train": self._generate_examples()}
+
+  def _generate_examples(self):
+    rng = np.random.default_rng(0)
+    for i in range(6):
+      yield i, {"image": rng.integers(0, 256, (40, 36, 3), np.uint8),
+                "caption": f"caption {i}" if i else ""}
+
+
+if __name__ == "__main__":
+  TinyCaptions(data_dir=sys.argv[1], file_format="array_record").download_and_prepare()
+"""
+
+
+def test_tfds_by_name_without_tensorflow(encoders, tmp_path):
+  """A real tfds ArrayRecord dataset, built on disk by a script (with Tensor features: tfds
+  `Image` features need TensorFlow), read by name through `tfds.data_source`."""
+  pytest.importorskip("tensorflow_datasets")
+  import subprocess
+  import sys
+  (tmp_path / "build.py").write_text(TFDS_BUILDER)
+  run = subprocess.run([sys.executable, str(tmp_path / "build.py"), str(tmp_path / "tfds")],
+                       capture_output=True, text=True, timeout=120)
+  assert run.returncode == 0, run.stderr[-3000:]
+  source = open_source("tfds:tiny_captions", data_dir=str(tmp_path / "tfds"))
+  manifest = Preparer(*encoders, size=SIZE, batch_size=8, threads=2).run(
+      source, str(tmp_path / "out"), progress=False)
+  assert manifest["skipped"] == {"empty_caption": 1}
+  assert sorted(_captions(str(tmp_path / "out"))) == [f"caption {i}" for i in range(1, 6)]
+
+
+def test_training_config_sources(raw, encoders, tmp_path):
+  """configs/tiny.py's model fits the tiny encoders: data.source "records" and "images"."""
+  from configs import tiny
+  from paella_jax.convert.clip import save_clip
+  from paella_jax.convert.vqgan import save_vqgan
+  from paella_jax.data.loader import batcher_from_config
+  codec, encoder = encoders
+  Preparer(codec, encoder, size=SIZE, batch_size=8, threads=2).run(
+      open_source(str(raw / "folder")), str(tmp_path / "records"), progress=False)
+  config = tiny.get_config()
+  config.train.batch_size = 4
+  config.data.update(source="records", path=str(tmp_path / "records"))
+  batches = batcher_from_config(config, rows=slice(2, 4))
+  assert next(batches)["tokens"].shape == (2, 8, 8)
+  config.latent_shape = (4, 4)
+  with pytest.raises(ValueError, match="latents"):
+    batcher_from_config(config)
+  config.latent_shape = (8, 8)
+  save_vqgan(str(tmp_path / "vqgan"), codec.module, codec.params)
+  save_clip(str(tmp_path / "clip"), encoder.model, encoder.params, encoder.tokenizer)
+  config.data.update(source="images", path=str(raw / "folder"))
+  config.data.vqgan, config.data.clip, config.data.image_size = (
+      str(tmp_path / "vqgan"), str(tmp_path / "clip"), SIZE)
+  batch = next(batcher_from_config(config))
+  assert batch["tokens"].shape == (4, 8, 8) and batch["clip"].shape == (4, 32)

@@ -13,6 +13,7 @@ Kinds:
           KEY.txt and/or KEY.json in .tar files (a file, a directory of them, a glob or a
           {000..099} range). Read with the standard library.
   tfds    "tfds:NAME" through `tfds.data_source` (ArrayRecord-backed datasets need no TensorFlow).
+  memory  (N, H, W, 3) uint8 arrays and captions (`memory_source`, from Python only).
 
 An example whose image or caption is absent comes out with None in its place; `decode` turns
 that (and every other unusable input) into a counted skip.
@@ -271,6 +272,23 @@ def tfds_source(name: str, split: str = "train", data_dir: str | None = None,
                   lambda lo=i: [example(j) for j in range(lo, min(lo + shard_size, n))])
             for i in range(0, n, shard_size)]
   return Source("tfds", f"{name}:{split}", shards)
+
+
+# ------------------------------------------------------------------------------------- memory
+
+def memory_source(images: np.ndarray, captions: Sequence[str], shard_size: int = 10_000,
+                  name: str = "memory") -> Source:
+  """Images already in memory, (N, H, W, 3) uint8, with N captions (e.g. a generated dataset)."""
+  if len(images) != len(captions):
+    raise ValueError(f"{len(images)} images but {len(captions)} captions")
+  n = len(images)
+
+  def example(i):
+    return lambda: RawExample(f"{name}/{i}", images[i], captions[i])
+  shards = [Shard(f"{name}-{i // shard_size:05d}",
+                  lambda lo=i: [example(j) for j in range(lo, min(lo + shard_size, n))])
+            for i in range(0, n, shard_size)]
+  return Source("memory", f"{n} in-memory images", shards)
 
 
 # ------------------------------------------------------------------------------------- choose
