@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from tests.data_fixtures import SIZE, raw_examples, tiny_encoders, write_folder, write_tar
-from paella_jax.data.decode import BadInput, decode_image, resize_crop
+from paella_jax.data.decode import BadInput, decode_caption, decode_image, resize_crop
 from paella_jax.data.loader import ImageBatcher, RecordBatcher
 from paella_jax.data.prepare import Preparer
 from paella_jax.data.records import read_manifest, record_format, record_paths
@@ -111,6 +111,38 @@ def test_resume_and_process_split(raw, encoders, tmp_path):
   assert expand_paths(str(raw / "tars" / "{00000..00001}.tar")) == expand_paths(str(raw / "tars"))
   with pytest.raises(FileNotFoundError, match="missing"):
     expand_paths(str(raw / "tars" / "{00000..00002}.tar"))
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_index_files(fmt, raw, tmp_path):
+  """Index rows: paths relative to the index; a missing file and an empty caption are skips."""
+  rows = [{"file": os.path.relpath(raw / "folder" / name, tmp_path), "caption": caption}
+          for name, caption in [("grey.png", "grey"), ("gone.png", "missing"), ("webp.webp", "")]]
+  path = tmp_path / f"index.{fmt}"
+  if fmt == "jsonl":
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  elif fmt == "csv":
+    import csv
+    with open(path, "w", newline="") as f:
+      writer = csv.DictWriter(f, ["file", "caption"])
+      writer.writeheader()
+      writer.writerows(rows)
+  else:
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+    pq.write_table(pa.Table.from_pylist(rows), path)
+  shard = open_source(str(path)).shards[0]
+  outcomes = []
+  for i in range(len(shard)):
+    example = shard[i]
+    try:
+      decode_caption(example.caption)
+      outcomes.append(decode_image(example.image).shape)
+    except BadInput as e:
+      outcomes.append(e.reason)
+  assert outcomes == [(40, 40, 3), "missing_image", "empty_caption"]
+  with pytest.raises(ValueError, match="no caption column"):
+    open_source(str(path), caption_key="label")
 
 
 def test_truncated_tar_keeps_what_precedes_the_damage(raw, tmp_path):

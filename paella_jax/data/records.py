@@ -15,6 +15,7 @@ import collections
 import dataclasses
 import json
 import os
+import socket
 
 import numpy as np
 
@@ -65,7 +66,7 @@ class RecordFormat:
 def write_shard(path: str, records: list[bytes]) -> None:
   """Writes one ArrayRecord file atomically (a temporary file renamed into place)."""
   from array_record.python.array_record_module import ArrayRecordWriter
-  tmp = path + ".tmp"
+  tmp = _tmp(path)
   writer = ArrayRecordWriter(tmp, WRITER_OPTIONS)
   for record in records:
     writer.write(record)
@@ -73,8 +74,14 @@ def write_shard(path: str, records: list[bytes]) -> None:
   os.replace(tmp, path)
 
 
+def _tmp(path: str) -> str:
+  """A temporary name beside `path`, unique per host and process (shared file systems)."""
+  return f"{path}.tmp.{socket.gethostname()}.{os.getpid()}"
+
+
 def write_json(path: str, obj: dict) -> None:
-  tmp = path + ".tmp"
+  """Writes JSON atomically: concurrent writers of the same content never leave a torn file."""
+  tmp = _tmp(path)
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=2)
   os.replace(tmp, path)
