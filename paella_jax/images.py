@@ -32,3 +32,36 @@ def make_grid(images: np.ndarray, columns: int | None = None, padding: int = 2) 
     top, left = padding + (i // columns) * (h + padding), padding + (i % columns) * (w + padding)
     grid[top:top + h, left:left + w] = image
   return grid
+
+
+def load_image(path: str) -> np.ndarray:
+  """Reads an image file as (H, W, 3) float32 RGB in [0, 1].
+
+  Greyscale, palette, CMYK and 16-bit images are converted; an alpha channel is composited
+  over white. Raises FileNotFoundError or ValueError naming the file.
+  """
+  from PIL import Image, UnidentifiedImageError
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"image not found: {path}")
+  try:
+    with Image.open(path) as image:
+      image.load()
+      if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        grey = np.asarray(image, np.float32) / (65535.0 if image.mode != "I" else
+                                                max(float(np.asarray(image).max()), 1.0))
+        return np.repeat(np.clip(grey, 0, 1)[..., None], 3, axis=-1)
+      if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+      return np.asarray(image.convert("RGB"), np.float32) / 255.0
+  except (UnidentifiedImageError, OSError, SyntaxError) as e:
+    raise ValueError(f"{path} is not a readable image (corrupt or truncated?): {e}") from e
+
+
+def save_gif(path: str, frames: np.ndarray, duration_ms: int = 200) -> str:
+  """Writes (N, H, W, 3) float frames in [0, 1] as a looping animated GIF."""
+  from PIL import Image
+  images = [Image.fromarray(to_uint8(f)) for f in frames]
+  images[0].save(path, save_all=True, append_images=images[1:], duration=duration_ms, loop=0)
+  return path

@@ -9,7 +9,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from flax import linen as nn
 
 from configs import tiny
 from paella_jax.checkpoint import load_model
@@ -112,30 +111,16 @@ def test_bad_training_data_is_named(tmp_path):
     train(config, str(tmp_path / "run"), progress=False)
 
 
-def test_sample_command_with_prompts_writes_pngs_and_sidecars(tmp_path):
+def test_sample_command_with_prompts_writes_pngs_and_sidecars(tmp_path, tiny_checkpoints):
   """Prompts -> tiny random CLIP -> sampler -> tiny VQGAN decode -> PNGs, grid and sidecars."""
-  from configs import clip_tiny, vqgan_tiny
-  from paella_jax.checkpoint import save_model
-  from paella_jax.convert.clip import random_clip, save_clip
-  from paella_jax.convert.vqgan import save_vqgan
-  from paella_jax.models.vqgan import vqgan_from_config
   from PIL import Image
-  save_clip(tmp_path / "clip", *random_clip(clip_tiny.get_config().model))
-  vq = vqgan_from_config(vqgan_tiny.get_config().model)
-  vq_params = vq.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
-  save_vqgan(tmp_path / "vqgan", vq, vq_params)
-  model = build_model(tiny.get_config().model)
-  params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8), jnp.int32), jnp.zeros((1, 32)),
-                      jnp.zeros((1,)))["params"]
-  save_model(tmp_path / "model", nn.meta.unbox(params), "paella_v1",
-             model.architecture(), meta={"latent_shape": [8, 8], "clip_checkpoint": "../clip",
-                                         "vqgan_checkpoint": "../vqgan"})
   out = tmp_path / "out"
-  subprocess.run([sys.executable, "sample.py", f"--checkpoint={tmp_path / 'model'}",
+  subprocess.run([sys.executable, "sample.py", f"--checkpoint={tiny_checkpoints / 'model'}",
                   "--prompt", "a red circle", "--prompt", "a blue square", "--batch-size=2",
                   f"--out={out}"], check=True, cwd=ROOT)
   assert np.load(out / "codes.npy").shape == (4, 8, 8)
   assert Image.open(out / "0003.png").size == (32, 32)
   assert Image.open(out / "grid.png").size == (2 * 34 + 2, 2 * 34 + 2)
   sidecar = json.load(open(out / "0002.json"))
-  assert sidecar["prompt"] == "a blue square" and sidecar["seed"] == 0 and sidecar["cfg"] == 5.0
+  assert sidecar["label"] == "a blue square" and sidecar["args"]["seed"] == 0
+  assert sidecar["sampler"]["cfg"] == 5.0 and sidecar["command"] == "generate"
