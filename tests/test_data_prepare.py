@@ -107,7 +107,9 @@ def test_resume_and_process_split(raw, encoders, tmp_path):
   os.remove(tmp_path / "00001.json")                       # interrupted before the summary
   again = preparer.run(source, str(tmp_path), progress=False)
   assert os.path.getmtime(tmp_path / "00000.array_record") == first  # finished shard skipped
-  assert {k: v for k, v in again.items()} == manifest
+  assert again == manifest
+  with pytest.raises(ValueError, match="crop, image_size, latent_shape"):
+    Preparer(*encoders, size=16, crop="center").run(source, str(tmp_path), progress=False)
   assert expand_paths(str(raw / "tars" / "{00000..00001}.tar")) == expand_paths(str(raw / "tars"))
   with pytest.raises(FileNotFoundError, match="missing"):
     expand_paths(str(raw / "tars" / "{00000..00002}.tar"))

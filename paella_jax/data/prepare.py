@@ -8,7 +8,8 @@ Images are decoded, resized (shorter side to --size) and cropped (random with a 
 seed, or center) on host threads; the VQGAN and the CLIP text tower encode them in jit-compiled
 batches data-parallel over the local devices. Every process of a multi-host job (--distributed)
 takes every process_count-th input shard. A shard whose summary exists is skipped, so a rerun
-after an interruption resumes. The process that finds every shard done writes manifest.json.
+after an interruption resumes (DIR/settings.json makes sure it uses the same settings). The
+process that finds every shard done writes manifest.json.
 Unusable examples are skipped and counted per reason (see decode.REASONS), in each summary, the
 manifest and the log.
 """
@@ -31,6 +32,7 @@ from paella_jax.data.records import (FORMAT, MANIFEST, RecordFormat, merge_summa
 from paella_jax.data.sources import Shard, Source, open_source
 
 log = logging.getLogger("paella_jax.data")
+SETTINGS = "settings.json"
 
 
 class Preparer:
@@ -104,10 +106,10 @@ class Preparer:
           progress: bool = True, info: dict | None = None) -> dict | None:
     """Encodes this process's shards of `source` into `out_dir` (skipping finished ones);
     returns the manifest if every shard is now done (and writes it), else None."""
-    os.makedirs(out_dir, exist_ok=True)
     names = [s.name for s in source.shards]
     if len(set(names)) != len(names):
       raise ValueError(f"{source.description}: shard names are not unique")
+    self._claim(out_dir, self.settings(source, info or {}))
     mine = [s for s in source.shards[process_index::process_count]
             if not os.path.isfile(os.path.join(out_dir, f"{s.name}.json"))]
     done = len(source.shards[process_index::process_count]) - len(mine)
@@ -137,6 +139,31 @@ class Preparer:
                   time.perf_counter() - start)
     return self.finish(source, out_dir, info or {})
 
+  def settings(self, source: Source, info: dict) -> dict:
+    """What the records depend on: shapes, preprocessing, source, encoders (from `info`)."""
+    return {"latent_shape": list(self.format.latent_shape), "c_clip": self.format.c_clip,
+            "token_dtype": self.format.token_dtype, "num_labels": self.codec.module.n_embed,
+            "image_size": self.size, "crop": self.crop, "min_size": self.min_size,
+            "seed": self.seed, "source": {"kind": source.kind, "description": source.description},
+            **{k: info[k] for k in ("vqgan", "clip") if k in info}}
+
+  @staticmethod
+  def _claim(out_dir: str, settings: dict) -> None:
+    """Records the settings in OUT/settings.json, or checks that a resumed run uses the same
+    ones (so a rerun never mixes records of two different preparations)."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, SETTINGS)
+    if not os.path.isfile(path):
+      write_json(path, settings)
+      return
+    with open(path) as f:
+      previous = json.load(f)
+    changed = sorted(k for k in set(previous) | set(settings)
+                     if previous.get(k) != json.loads(json.dumps(settings.get(k))))
+    if changed:
+      raise ValueError(f"{out_dir} holds records prepared with other settings ({', '.join(changed)}"
+                       f" differ): choose another --out, or delete it to start again")
+
   def finish(self, source: Source, out_dir: str, info: dict) -> dict | None:
     """Writes (and returns) the manifest once every shard's summary exists."""
     paths = [os.path.join(out_dir, f"{s.name}.json") for s in source.shards]
@@ -147,12 +174,7 @@ class Preparer:
       with open(p) as f:
         summaries.append(json.load(f))
     manifest = {"format": FORMAT, **merge_summaries(summaries),
-                "latent_shape": list(self.format.latent_shape), "c_clip": self.format.c_clip,
-                "token_dtype": self.format.token_dtype, "num_labels": self.codec.module.n_embed,
-                "image_size": self.size, "crop": self.crop, "min_size": self.min_size,
-                "seed": self.seed, "source": {"kind": source.kind,
-                                              "description": source.description},
-                **info, "shards": summaries}
+                **self.settings(source, info), **info, "shards": summaries}
     write_json(os.path.join(out_dir, MANIFEST), manifest)
     return manifest
 
