@@ -67,7 +67,7 @@ def run_demo(config, workdir: str) -> None:
     r = report[name]
     print(f"  {name:<16}  {r['colour']:6.1%} {r['shape']:6.1%}  {r['position']:7.1%} {r['all']:5.1%}"
           f"   ({r['count']} images)")
-  print(f'try: python sample.py --prompt "a blue square in the bottom right"')
+  print('try: python sample.py --prompt "a blue square in the bottom right"')
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ class Report:
         f"topology       {self.topology}: {self.num_devices} x {self.device_kind}",
         f"mesh           {self.mesh}",
         f"global batch   {self.global_batch} ({self.global_batch / self.num_devices:g} per device)",
-        f"per device:",
+        "per device:",
         f"  arguments    {gb(self.argument_bytes)}  (params, optimizer state, EMA, batch shard)",
         f"  temporaries  {gb(self.temp_bytes)}  (activations, gradients, workspace)",
         f"  outputs      {gb(self.output_bytes)}  ({gb(self.alias_bytes).strip()} aliased to "

@@ -21,8 +21,8 @@ import numpy as np
 
 from paella_jax.convert.clip import ClipEncoder, random_clip, save_clip
 from paella_jax.convert.vqgan import VQGANCodec, save_vqgan
-from paella_jax.data.scenes import all_scenes, held_out_scenes, make_dataset, training_scenes
-from paella_jax.eval.adherence import analyse, score
+from paella_jax.data.scenes import all_scenes, make_dataset, training_scenes
+from paella_jax.eval.adherence import score, score_seen_and_held_out
 from paella_jax.images import make_grid, save_png
 from paella_jax.metrics import MetricWriter
 from paella_jax.models.vqgan import vqgan_from_config
@@ -112,10 +112,6 @@ def evaluate(config, params, encoder, codec, workdir: str) -> dict:
                  latent_shape=tuple(config.paella.latent_shape), renoise_mode=s.renoise_mode)
   images = codec.decode(np.asarray(codes))
   targets = [p for p in prompts for _ in range(n)]
-  held = set(held_out_scenes())
-  seen_idx = [i for i, t in enumerate(targets) if t not in held]
-  held_idx = [i for i, t in enumerate(targets) if t in held]
   save_png(os.path.join(workdir, "samples", "grid.png"), make_grid(images[::n], columns=12))
-  return {"seen": score(images[seen_idx], [targets[i] for i in seen_idx]),
-          "held_out": score(images[held_idx], [targets[i] for i in held_idx]),
+  return {**score_seen_and_held_out(images, targets),
           "samples_per_prompt": n}

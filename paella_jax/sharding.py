@@ -20,12 +20,23 @@ def local_data_mesh() -> Mesh:
   return Mesh(np.array(jax.local_devices()), ("data",))
 
 
-def data_parallel(fn: Callable[..., Any], mesh: Mesh | None = None) -> Callable[..., Any]:
-  """Wraps `fn(params, batch, *static)` into a jit-compiled data-parallel function.
+def _pad_rows(x, rows: int):
+  """Pads the leading axis of x to `rows` by repeating its last row."""
+  pad = rows - x.shape[0]
+  return jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)]) if pad else x
+
+
+def data_parallel(fn: Callable[..., Any], mesh: Mesh | None = None,
+                  chunk_size: int | None = None) -> Callable[..., Any]:
+  """Wraps `fn(params, batch)` into a jit-compiled data-parallel function.
 
   `batch` is an array (or pytree of arrays) with a leading batch axis of any size: it is padded
   to a multiple of the mesh's "data" size, sharded over it, and the outputs are trimmed back.
   `params` are replicated. Compiles once per (padded) input shape.
+
+  With `chunk_size`, the batch is processed in chunks of exactly that many rows (the last one
+  padded), so any number of inputs compiles once and fits in memory; the result is then a
+  numpy array on the host.
   """
   mesh = mesh or local_data_mesh()
   n = mesh.shape["data"]
@@ -35,13 +46,23 @@ def data_parallel(fn: Callable[..., Any], mesh: Mesh | None = None) -> Callable[
 
   def run(params, batch):
     size = jax.tree.leaves(batch)[0].shape[0]
-    pad = (-size) % n
-    if pad:
-      batch = jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)]), batch)
-    out = jitted(params, batch)
-    return jax.tree.map(lambda x: x[:size], out) if pad else out
+    padded = jax.tree.map(lambda x: _pad_rows(x, size + (-size) % n), batch)
+    out = jitted(params, padded)
+    return jax.tree.map(lambda x: x[:size], out) if size % n else out
 
-  return run
+  def run_in_chunks(params, batch):
+    size = jax.tree.leaves(batch)[0].shape[0]
+    if size == 0:
+      raise ValueError("empty batch: give at least one input")
+    outputs = []
+    for start in range(0, size, chunk_size):
+      chunk = jax.tree.map(lambda x: x[start:start + chunk_size], batch)
+      rows = jax.tree.leaves(chunk)[0].shape[0]
+      out = run(params, jax.tree.map(lambda x: _pad_rows(x, chunk_size), chunk))
+      outputs.append(jax.tree.map(lambda x: np.asarray(x[:rows]), out))
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
+
+  return run if chunk_size is None else run_in_chunks
 
 
 MESH_AXES = ("data", "fsdp", "tensor")

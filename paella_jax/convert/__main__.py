@@ -1,4 +1,4 @@
-"""Command line for the converters: `python -m paella_jax.convert {paella-v1,vqgan,clip} ...`.
+"""Command line for the converters: `python -m paella_jax.convert {paella-v1,vqgan,clip,inception} ...`.
 
 Each converter module exposes `add_arguments(parser)` and `run(args)`; they are imported only
 when their subcommand is used.
@@ -11,6 +11,8 @@ COMMANDS = {
     "paella-v1": ("paella_jax.convert.paella", "Paella v1 token predictor (model_600000.pt)"),
     "vqgan": ("paella_jax.convert.vqgan", "VQGAN: taming/ruDALL-E ckpt or diffusers VQModel dir"),
     "clip": ("paella_jax.convert.clip", "CLIP: Hugging Face CLIPModel dir or open_clip ckpt"),
+    "inception": ("paella_jax.convert.inception",
+                  "FID Inception v3: pytorch-fid's pt_inception-2015-12-05 .pth"),
 }
 
 

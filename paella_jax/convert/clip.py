@@ -384,28 +384,23 @@ class ClipEncoder:
   def __init__(self, model: CLIP, params: Any, tokenizer: ClipTokenizer, batch_size: int = 64):
     self.model, self.params, self.tokenizer, self.batch_size = model, params, tokenizer, batch_size
     self._text = data_parallel(
-        lambda p, ids: model.apply({"params": p}, ids, method="encode_text"))
+        lambda p, ids: model.apply({"params": p}, ids, method="encode_text"), chunk_size=batch_size)
     self._image = data_parallel(
-        lambda p, pixels: model.apply({"params": p}, pixels, method="encode_image"))
+        lambda p, pixels: model.apply({"params": p}, pixels, method="encode_image"),
+        chunk_size=batch_size)
 
-  def _batched(self, fn, inputs: np.ndarray) -> np.ndarray:
-    outputs = []
-    for start in range(0, len(inputs), self.batch_size):
-      chunk = inputs[start:start + self.batch_size]
-      pad = self.batch_size - len(chunk)
-      padded = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)]) if pad else chunk
-      outputs.append(np.asarray(fn(self.params, padded))[:len(chunk)])
-    if not outputs:
+  def _encode(self, fn, inputs: np.ndarray) -> np.ndarray:
+    if not len(inputs):
       return np.zeros((0, self.model.config.projection_dim), np.float32)
-    return np.concatenate(outputs)
+    return fn(self.params, inputs)
 
   def encode_text(self, prompts: str | Sequence[str]) -> np.ndarray:
     """Prompts -> unnormalised text embeddings (N, projection_dim) float32."""
-    return self._batched(self._text, self.tokenizer(prompts))
+    return self._encode(self._text, self.tokenizer(prompts))
 
   def encode_images(self, pixels: np.ndarray) -> np.ndarray:
     """Normalised pixels (N, S, S, 3) (see `preprocess_images`) -> (N, projection_dim) float32."""
-    return self._batched(self._image, np.asarray(pixels, np.float32))
+    return self._encode(self._image, np.asarray(pixels, np.float32))
 
   def null(self, n: int) -> np.ndarray:
     """The unconditional embedding for guidance and conditioning dropout: zeros (n, proj)."""

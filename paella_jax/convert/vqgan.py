@@ -343,32 +343,22 @@ class VQGANCodec:
     self.module = module if dtype is None else module.clone(dtype=dtype)
     self.params, self.batch_size = params, batch_size
     self._encode = data_parallel(
-        lambda p, x: self.module.apply({"params": p}, x, method="encode"))
+        lambda p, x: self.module.apply({"params": p}, x, method="encode"), chunk_size=batch_size)
     self._decode = data_parallel(
-        lambda p, c: self.module.apply({"params": p}, c, method="decode_codes"))
-
-  def _batched(self, fn, inputs: np.ndarray) -> np.ndarray:
-    if not len(inputs):
-      raise ValueError("empty batch: give at least one image or code map")
-    outputs = []
-    for start in range(0, len(inputs), self.batch_size):
-      chunk = inputs[start:start + self.batch_size]
-      pad = self.batch_size - len(chunk)
-      padded = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)]) if pad else chunk
-      outputs.append(np.asarray(fn(self.params, padded))[:len(chunk)])
-    return np.concatenate(outputs)
+        lambda p, c: self.module.apply({"params": p}, c, method="decode_codes"),
+        chunk_size=batch_size)
 
   def encode(self, images) -> np.ndarray:
     """Images (N,H,W,3) in [0,1], H and W multiples of `module.factor` -> codes (N,h,w) int32."""
     images = np.asarray(images, np.float32)
     check_images(images, self.module.factor, self.module.in_channels)
-    return self._batched(self._encode, images)
+    return self._encode(self.params, images)
 
   def decode(self, codes) -> np.ndarray:
     """Codes (N,h,w) int in [0, n_embed) -> images (N,h*f,w*f,3) in [0,1] float32."""
     codes = np.asarray(codes)
     check_codes(codes, self.module.n_embed)
-    return self._batched(self._decode, codes.astype(np.int32))
+    return self._decode(self.params, codes.astype(np.int32))
 
 
 # ----------------------------------------------------------------------------------------------

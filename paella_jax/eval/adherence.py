@@ -12,7 +12,7 @@ from typing import Iterable
 
 import numpy as np
 
-from paella_jax.data.scenes import BACKGROUND, COLOURS, POSITIONS, Scene
+from paella_jax.data.scenes import BACKGROUND, COLOURS, POSITIONS, Scene, held_out_scenes
 
 _PALETTE = np.array(list(COLOURS.values()), np.float32)
 _NAMES = list(COLOURS)
@@ -50,3 +50,11 @@ def score(images: Iterable[np.ndarray], scenes: Iterable[Scene]) -> dict[str, fl
       hits[key].append(f is not None and getattr(f, key) == getattr(s, key))
     hits["all"].append(f == s)
   return {key: float(np.mean(v)) for key, v in hits.items()} | {"count": len(scenes)}
+
+
+def score_seen_and_held_out(images: np.ndarray, scenes: list[Scene]) -> dict[str, dict]:
+  """`score` separately for the training combinations ("seen") and the held-out ones."""
+  held = set(held_out_scenes())
+  split = {"seen": [i for i, s in enumerate(scenes) if s not in held],
+           "held_out": [i for i, s in enumerate(scenes) if s in held]}
+  return {name: score(images[idx], [scenes[i] for i in idx]) for name, idx in split.items()}

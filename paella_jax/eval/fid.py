@@ -97,15 +97,11 @@ def inception_features(module, params: Any, batch_size: int = 200):
   """A function images (N, H, W, 3) in [0, 1] -> pool features (N, 2048) float32 numpy:
   jit-compiled, data-parallel over the local devices, in chunks of `batch_size` (the last one
   padded, so any N compiles once per image size)."""
-  apply = data_parallel(lambda p, x: module.apply({"params": p}, x))
+  apply = data_parallel(lambda p, x: module.apply({"params": p}, x), chunk_size=batch_size)
 
   def features(images) -> np.ndarray:
     images = np.asarray(images, np.float32)
-    out = [np.zeros((0, FEATURES), np.float32)]
-    for start in range(0, len(images), batch_size):
-      chunk = images[start:start + batch_size]
-      pad = batch_size - len(chunk)
-      padded = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)]) if pad else chunk
-      out.append(np.asarray(apply(params, padded))[:len(chunk)])
-    return np.concatenate(out)
+    if not len(images):
+      return np.zeros((0, FEATURES), np.float32)
+    return apply(params, images)
   return features

@@ -22,7 +22,8 @@ import time
 
 import numpy as np
 
-from paella_jax.data.scenes import IMAGE_SIZE, held_out_scenes
+from paella_jax.data.scenes import IMAGE_SIZE
+from paella_jax.eval.adherence import score_seen_and_held_out
 
 DEMO_SAMPLES = 288            # 4 per prompt, as the demo's own evaluation
 DEFAULT_SAMPLES = 30000       # the paper's zero-shot COCO FID
@@ -88,8 +89,9 @@ class Generator:
     self.sharding = NamedSharding(mesh, P("data"))
     self.text = ClipEncoder(*load_clip(clip_dir, text_only=True), batch_size=self.batch_size)
     self.codec = VQGANCodec(*load_vqgan(vqgan_dir), batch_size=self.batch_size)
-    s = {"steps": 8, "typical_mass": 0.2, "typical_min_tokens": 1, "temperature": [1.0, 1.0],
-         "renoise_mode": "start", **meta.get("sampling", {})}
+    # The checkpoint's recorded settings; anything unrecorded takes sample()'s v1 defaults.
+    s = {k: v for k, v in meta.get("sampling", {}).items()
+         if k in ("steps", "typical_mass", "typical_min_tokens", "temperature", "renoise_mode")}
     s.update({k: v for k, v in (("steps", args.steps), ("typical_mass", args.typical_mass))
               if v is not None})
     s.pop("cfg", None)
@@ -108,10 +110,7 @@ class Generator:
     emb = jax.device_put(np.concatenate([emb, np.repeat(emb[-1:], pad, 0)]), self.sharding)
     s = self.settings
     codes = sample(self.model, self.params, emb, jax.random.fold_in(self.key, index),
-                   steps=s["steps"], cfg=cfg, typical_mass=s["typical_mass"],
-                   typical_min_tokens=s["typical_min_tokens"],
-                   temperature=tuple(s["temperature"]), latent_shape=tuple(s["latent_shape"]),
-                   renoise_mode=s["renoise_mode"])
+                   cfg=cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()})
     images = self.codec.decode(np.asarray(codes))[:len(captions)]
     return np.round(np.clip(images, 0, 1) * 255) / 255
 
@@ -140,16 +139,6 @@ def reference_stats(args, data, features, image_size: int, inception: str) -> tu
   mu, sigma = stats.mean_cov()
   save_stats(path, mu, sigma, images=stats.n)
   return mu, sigma, path
-
-
-def adherence(images: np.ndarray, scenes) -> dict:
-  """The demo's analyser on seen and held-out combinations (as `demo.evaluate` reports)."""
-  from paella_jax.eval.adherence import score
-  held = set(held_out_scenes())
-  seen_idx = [i for i, s in enumerate(scenes) if s not in held]
-  held_idx = [i for i, s in enumerate(scenes) if s in held]
-  return {"seen": score(images[seen_idx], [scenes[i] for i in seen_idx]),
-          "held_out": score(images[held_idx], [scenes[i] for i in held_idx])}
 
 
 def evaluate(args) -> dict:
@@ -219,7 +208,7 @@ def evaluate(args) -> dict:
     if scorer is not None:
       result["clip_score"] = float(np.concatenate(clip_scores).mean())
     if data.scenes is not None:
-      result["adherence"] = adherence(kept, data.scenes)
+      result["adherence"] = score_seen_and_held_out(kept, data.scenes)
     save_png(os.path.join(args.out, f"samples_cfg{cfg:g}.png"), make_grid(kept[:64]))
     report["results"].append(result)
     print(json.dumps(result))
