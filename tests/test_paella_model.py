@@ -13,7 +13,7 @@ from paella_jax.checkpoint import load_model
 from paella_jax.convert import paella_v1_from_torch
 from paella_jax.convert.paella import key_map
 from paella_jax.convert.torch_io import CheckpointMismatchError
-from paella_jax.models.paella import DenoiseUNet, build_model, count_params
+from paella_jax.models.paella import build_model, count_params
 from tests.conftest import ROOT
 from tests.torch_reference import ReferenceUNet
 
