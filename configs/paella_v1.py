@@ -25,8 +25,11 @@ def get_config():
       log_every=100, checkpoint_every=5_000, keep_checkpoints=3,
       # Not in the original (fp32, no EMA, no accumulation): 0 / 1 keep it that way.
       ema_decay=0.0, grad_accum_steps=1,
-      # Peak FLOP/s of one device for MFU; 0 looks the device kind up (paella_jax.metrics).
-      peak_flops_per_device=0.0))
+      # Peak FLOP/s of one device for MFU; 0 looks the device kind up (paella_jax.hardware).
+      peak_flops_per_device=0.0,
+      # Fine-tuning: start from this inference checkpoint's params (e.g. a text-conditioned
+      # model fine-tuned on CLIP image embeddings for variations); "" trains from scratch.
+      init_from=""))
 
   # Devices as (data, fsdp, tensor) within a slice; one -1 takes the remaining devices.
   # dcn_shape splits the same axes across slices (multi-slice); the mesh is their product.

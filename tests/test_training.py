@@ -124,3 +124,22 @@ def test_sample_command_with_prompts_writes_pngs_and_sidecars(tmp_path, tiny_che
   sidecar = json.load(open(out / "0002.json"))
   assert sidecar["label"] == "a blue square" and sidecar["args"]["seed"] == 0
   assert sidecar["sampler"]["cfg"] == 5.0 and sidecar["command"] == "generate"
+
+
+def test_fine_tuning_starts_from_an_inference_checkpoint(tmp_path):
+  base = train(small_config(4), str(tmp_path / "base"), progress=False)
+  config = small_config(1)
+  config.train.init_from = str(tmp_path / "base" / "model")
+  from paella_jax.training.loop import load_initial_params
+  from paella_jax.training.partition import Trainer
+  trainer = Trainer.create(config)
+  state = load_initial_params(trainer.init(), config.train.init_from, trainer.model)
+  jax.tree.map(np.testing.assert_array_equal, state.params, base.params)
+  assert int(state.step) == 0
+  tuned = train(config, str(tmp_path / "tuned"), progress=False)
+  assert int(tuned.step) == 1
+  other = small_config(1)
+  other.model.c_hidden = 32
+  other.train.init_from = config.train.init_from
+  with pytest.raises(ValueError, match="but the config trains"):
+    train(other, str(tmp_path / "other"), progress=False)

@@ -19,7 +19,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from paella_jax.checkpoint import save_model
+from paella_jax.checkpoint import load_model, save_model
 from paella_jax.data.arrays import (ArrayBatcher, check_token_arrays, load_token_arrays,
                                     random_token_arrays)
 from paella_jax.hardware import chip_info
@@ -104,6 +104,8 @@ def train(config, workdir: str, progress: bool = True) -> TrainState:
   manager = checkpoint_manager(workdir, config)
   restored = restore_checkpoint(manager, trainer.abstract_state())
   state, data_state = restored if restored is not None else (trainer.init(), None)
+  if restored is None and config.train.get("init_from"):
+    state = load_initial_params(state, config.train.init_from, trainer.model)
   total, batch_size = config.train.total_steps, config.train.batch_size
   batches = make_batcher(config, data_state, process_rows(trainer.batch_sharding, batch_size))
   step_fn = trainer.compile()
@@ -152,6 +154,18 @@ def train(config, workdir: str, progress: bool = True) -> TrainState:
     if out:
       print(f"done: model written to {out}")
   return state
+
+
+def load_initial_params(state: TrainState, ckpt_dir: str, model) -> TrainState:
+  """Fine-tuning: the params (and EMA) of `state` replaced by an inference checkpoint's, placed
+  with the state's shardings; the optimizer starts fresh. The architectures must match."""
+  _, config, params = load_model(ckpt_dir, expected_kind=KIND)
+  if config != model.architecture():
+    raise ValueError(f"{ckpt_dir} holds {config}, but the config trains {model.architecture()}")
+  place = lambda new, old: jax.device_put(jnp.asarray(new, old.dtype), old.sharding)
+  params = jax.tree.map(place, params, state.params)
+  ema = None if state.ema_params is None else jax.tree.map(place, params, state.ema_params)
+  return state.replace(params=params, ema_params=ema)
 
 
 def export_model(state: TrainState, model, out_dir: str, config) -> str | None:
