@@ -2,7 +2,7 @@
 -> samples -> prompt-adherence report. Run by `python train.py` with no arguments.
 
 Writes into WORKDIR:
-  vqgan/        the stage-1 VQGAN (inference checkpoint), vqgan_metrics.jsonl
+  vqgan/        stage 1: checkpoints, logs, TensorBoard; vqgan/model the VQGAN
   clip/         the tiny random text tower (seeded, frozen)
   data/encoded.npz   tokens (N, 8, 8) + caption embeddings (N, 32): the pre-encoded dataset
   paella/       stage-2 checkpoints, logs, TensorBoard; paella/model the sampler's checkpoint
@@ -16,40 +16,18 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from paella_jax.convert.clip import ClipEncoder, random_clip, save_clip
-from paella_jax.convert.vqgan import VQGANCodec, save_vqgan
+from paella_jax.convert.vqgan import VQGANCodec
 from paella_jax.data.scenes import all_scenes, make_dataset, training_scenes
 from paella_jax.eval.adherence import score, score_seen_and_held_out
 from paella_jax.images import make_grid, save_png
-from paella_jax.metrics import MetricWriter
-from paella_jax.models.vqgan import vqgan_from_config
 from paella_jax.sampling import sample
-from paella_jax.training import vqgan as vqgan_training
 from paella_jax.training.loop import train as train_paella
+from paella_jax.training.vqgan_loop import train_vqgan
 
 CHANCE = {"colour": 1 / 6, "shape": 1 / 3, "position": 1 / 4, "all": 1 / 72}
-
-
-def train_vqgan(config, images: np.ndarray, workdir: str, progress: bool):
-  """Stage 1: trains the config's VQGAN on `images`; returns (module, params)."""
-  from tqdm.auto import tqdm
-  cfg = config.vqgan
-  model = vqgan_from_config(cfg.model)
-  state = vqgan_training.init_state(model, cfg.train, jax.random.key(config.seed),
-                                    images.shape[1:3])
-  step = jax.jit(vqgan_training.make_train_step(model, cfg.train), donate_argnums=0)
-  writer = MetricWriter(workdir)
-  rng = np.random.default_rng(config.seed)
-  for i in tqdm(range(cfg.train.total_steps), desc="stage 1: vqgan", disable=not progress):
-    batch = images[rng.integers(0, len(images), cfg.train.batch_size)]
-    state, metrics = step(state, {"images": jnp.asarray(batch)})
-    if (i + 1) % cfg.train.log_every == 0:
-      writer.write(i + 1, {f"vqgan/{k}": v for k, v in jax.device_get(metrics).items()})
-  writer.close()
-  return model, state.params
 
 
 def run(config, workdir: str = "runs/demo", progress: bool = True) -> dict:
@@ -60,9 +38,8 @@ def run(config, workdir: str = "runs/demo", progress: bool = True) -> dict:
   captions = [s.caption for s in scenes]
   data_check = score(images, scenes)
 
-  vq, vq_params = train_vqgan(config, images, os.path.join(workdir, "vqgan_logs"), progress)
-  save_vqgan(os.path.join(workdir, "vqgan"), vq, vq_params, overwrite=True)
-  codec = VQGANCodec(vq, vq_params, batch_size=256)
+  vq, vq_state = train_vqgan(config.vqgan, images, os.path.join(workdir, "vqgan"), progress)
+  codec = VQGANCodec(vq, vq_state.params, batch_size=256)
   reconstruction = score(codec.decode(codec.encode(images[:512])), scenes[:512])
 
   clip_model, clip_params, tokenizer = random_clip(config.clip.model, seed=config.clip.seed)
@@ -94,7 +71,7 @@ def _record_encoders(model_dir: str) -> None:
   path = os.path.join(model_dir, "model.json")
   with open(path) as f:
     desc = json.load(f)
-  desc["meta"].update(clip_checkpoint="../../clip", vqgan_checkpoint="../../vqgan")
+  desc["meta"].update(clip_checkpoint="../../clip", vqgan_checkpoint="../../vqgan/model")
   with open(path, "w") as f:
     json.dump(desc, f, indent=2)
 

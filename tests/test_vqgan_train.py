@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import vqgan_tiny
-from paella_jax.data.shapes import draw_shapes
+from paella_jax.data.scenes import make_dataset
 from paella_jax.models.vqgan import vqgan_from_config
 from paella_jax.training.vqgan import init_state, make_train_step
 
@@ -26,7 +26,7 @@ def reconstruction_error(model, params, images):
 def test_reconstruction_error_falls():
   c = tiny(learning_rate=3e-3)
   model = vqgan_from_config(c.model)
-  images = draw_shapes(8, 16, seed=1)
+  images = make_dataset(8, seed=1, size=16)[0]
   state = init_state(model, c.train, jax.random.key(0), (16, 16))
   before = reconstruction_error(model, state.params, images)
   step = jax.jit(make_train_step(model, c.train))
@@ -49,7 +49,7 @@ def test_gumbel_gan_and_perceptual_step():
 
   state = init_state(model, c.train, jax.random.key(1), (16, 16))
   step = jax.jit(make_train_step(model, c.train, perceptual))
-  images = {"images": jnp.asarray(draw_shapes(8, 16, seed=2))}
+  images = {"images": jnp.asarray(make_dataset(8, seed=2, size=16)[0])}
   state, m0 = step(state, images)  # before disc_start: no GAN terms
   disc_before = state.disc_params
   state, m1 = step(state, images)
@@ -67,3 +67,23 @@ def test_gumbel_training_needs_a_key():
   params = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), method="reconstruct")
   with pytest.raises(ValueError, match="PRNG key"):
     model.apply(params, jnp.zeros((1, 16, 16, 3)))
+
+
+def test_stage1_loop_checkpoints_resume_exactly_and_export(tmp_path):
+  from paella_jax.convert.vqgan import load_vqgan
+  from paella_jax.training.vqgan_loop import train_vqgan
+  images = make_dataset(32, seed=3, size=16)[0]
+
+  def config(total):
+    c = tiny(learning_rate=3e-3, total_steps=total, log_every=2, checkpoint_every=2)
+    return c
+
+  _, straight = train_vqgan(config(4), images, str(tmp_path / "a"), progress=False)
+  train_vqgan(config(2), images, str(tmp_path / "b"), progress=False)
+  _, resumed = train_vqgan(config(4), images, str(tmp_path / "b"), progress=False)
+  jax.tree.map(np.testing.assert_array_equal, straight.params, resumed.params)
+  assert (tmp_path / "b" / "metrics.jsonl").is_file()
+  module, params = load_vqgan(tmp_path / "a" / "model")
+  jax.tree.map(np.testing.assert_array_equal, params, straight.params)
+  with pytest.raises(ValueError, match="multiple"):
+    train_vqgan(config(1), images[:, :15], str(tmp_path / "c"), progress=False)

@@ -67,11 +67,11 @@ def draw(scene: Scene, rng: np.random.Generator, size: int = IMAGE_SIZE) -> np.n
   return image
 
 
-def make_dataset(num_images: int, seed: int = 0, scenes: list[Scene] | None = None
-                 ) -> tuple[np.ndarray, list[Scene]]:
-  """(images (N, 32, 32, 3) float32 in [0, 1], their scenes), the scenes cycled over
+def make_dataset(num_images: int, seed: int = 0, scenes: list[Scene] | None = None,
+                 size: int = IMAGE_SIZE) -> tuple[np.ndarray, list[Scene]]:
+  """(images (N, size, size, 3) float32 in [0, 1], their scenes), the scenes cycled over
   `scenes` (default: the training combinations) in a seeded random order."""
   rng = np.random.default_rng(seed)
   scenes = scenes or training_scenes()
   chosen = [scenes[i] for i in rng.permutation(np.arange(num_images) % len(scenes))]
-  return np.stack([draw(s, rng) for s in chosen]), chosen
+  return np.stack([draw(s, rng, size) for s in chosen]), chosen
