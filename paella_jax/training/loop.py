@@ -32,17 +32,22 @@ from paella_jax.training.step import TrainState
 KIND = "paella_v1"
 
 
-def make_batcher(config, state: dict | None = None, rows: slice | None = None) -> ArrayBatcher:
-  """The config's data source ("random" or "arrays": an .npz file or a directory), yielding
-  this process's `rows` of each global batch."""
+def make_batcher(config, state: dict | None = None, rows: slice | None = None):
+  """The config's data source ("random"; "arrays": an .npz file or a directory; "records":
+  a directory written by paella_jax.data.prepare; "images": raw images encoded on the fly, see
+  docs/data.md), yielding this process's `rows` of each global batch."""
   m = config.model
+  if config.data.source in ("records", "images"):
+    from paella_jax.data.loader import batcher_from_config
+    return batcher_from_config(config, state, rows)
   if config.data.source == "random":
     tokens, clip = random_token_arrays(max(config.train.batch_size * 4, 64), config.latent_shape,
                                        m.num_labels, m.c_clip, config.train.seed)
   elif config.data.source == "arrays":
     tokens, clip = load_token_arrays(config.data.path)
   else:
-    raise ValueError(f"unknown data.source {config.data.source!r} (random, arrays)")
+    raise ValueError(f"unknown data.source {config.data.source!r} (random, arrays, records, "
+                     "images)")
   check_token_arrays(tokens, clip, m.num_labels, m.c_clip, source=config.data.path or "random")
   return ArrayBatcher(tokens, clip, config.train.batch_size, config.train.seed, state, rows)
 
