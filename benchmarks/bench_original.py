@@ -1,0 +1,136 @@
+"""The jit sampler against the original PyTorch sampler (dome272/Paella), same weights and settings.
+
+The original's code is NOT part of this project: point `--original` at a directory holding its
+`modules.py` and `utils.py` (Paella at commit b1f88ef; modules.py from e5e3ba1 where b1f88ef has
+none), e.g.
+
+  git clone https://github.com/dome272/Paella && cd Paella
+  mkdir /tmp/paella_original && git show b1f88ef:utils.py > /tmp/paella_original/utils.py
+  git show e5e3ba1:modules.py > /tmp/paella_original/modules.py
+  python benchmarks/bench_original.py --original /tmp/paella_original
+
+A random-init original `DenoiseUNet` is converted with `paella_v1_from_torch`, so both samplers
+run the same weights (checked: one forward pass of each on the same input). Both run T steps with
+classifier-free guidance and typical filtering; the two are timed alternately, repeat after
+repeat, so that both see the same load on a shared machine. Reports the medians and the median
+of the paired ratios (original time / jit time), for each PyTorch thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import types
+
+from common import load_average, parse_ints, time_calls, write_results
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from paella_jax.convert import paella_v1_from_torch
+from paella_jax.models.paella import count_params
+from paella_jax.sampling import sample
+
+
+def import_original(path: str):
+  """The original's `modules` and `utils` from `path`. utils.py imports torchvision and
+  webdataset at the top for its data loader, which `sample` does not use: empty stand-ins are
+  registered for whichever of them is not installed."""
+  for name in ("torchvision", "webdataset", "webdataset.handlers"):
+    try:
+      __import__(name)
+    except ImportError:
+      stub = types.ModuleType(name)
+      stub.warn_and_continue = None
+      sys.modules[name] = stub
+  sys.path.insert(0, path)
+  import modules
+  import utils
+  return modules, utils
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--original", required=True,
+                      help="directory with the original's modules.py and utils.py")
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--latent", type=int, default=16, help="latent side (16: 16x16 tokens)")
+  parser.add_argument("--codes", type=int, default=1024)
+  parser.add_argument("--c-hidden", type=int, default=256)
+  parser.add_argument("--steps", type=int, default=8)
+  parser.add_argument("--cfg", type=float, default=5.0)
+  parser.add_argument("--typical-mass", type=float, default=0.2)
+  parser.add_argument("--repeats", type=int, default=7)
+  parser.add_argument("--torch-threads", type=parse_ints, default=[1, os.cpu_count()],
+                      help="PyTorch intra-op thread counts to try (on a loaded machine one "
+                      "thread is often the original's fastest)")
+  parser.add_argument("--name", default="original_vs_jit")
+  args = parser.parse_args()
+
+  import torch
+  modules, utils = import_original(args.original)
+  torch.manual_seed(0)
+  torch_model = modules.DenoiseUNet(num_labels=args.codes, c_hidden=args.c_hidden).eval()
+  model, params = paella_v1_from_torch(torch_model.state_dict())
+  # The converter gives list-valued levels; the jit sampler needs a hashable module.
+  model = model.clone(down_levels=tuple(model.down_levels), up_levels=tuple(model.up_levels))
+  params = jax.device_put(params)
+  batch, size = args.batch, (args.latent, args.latent)
+  clip_np = np.random.default_rng(0).standard_normal((batch, model.c_clip), dtype=np.float32)
+  clip_torch, clip = torch.from_numpy(clip_np), jnp.asarray(clip_np)
+
+  tokens = np.random.default_rng(1).integers(0, args.codes, (batch, *size))
+  r = np.full((batch,), 0.5, np.float32)
+  with torch.inference_mode():
+    expected = torch_model(torch.from_numpy(tokens), clip_torch, torch.from_numpy(r)).numpy()
+  got = np.asarray(model.apply({"params": params}, jnp.asarray(tokens, jnp.int32), clip,
+                               jnp.asarray(r)))
+  forward_diff = float(np.abs(got - expected.transpose(0, 2, 3, 1)).max())
+  print(f"{count_params(params):,} parameters; max |jax - torch| of one forward: {forward_diff:.2e}")
+
+  def run_original():
+    return utils.sample(torch_model, clip_torch, T=args.steps, size=size,
+                        classifier_free_scale=args.cfg, typical_filtering=True,
+                        typical_mass=args.typical_mass, renoise_steps=args.steps - 1)
+
+  def run_jit():
+    return sample(model, params, clip, jax.random.key(0), steps=args.steps, cfg=args.cfg,
+                  typical_mass=args.typical_mass, latent_shape=size).block_until_ready()
+
+  compile_time = time_calls(run_jit, 1)["first_s"]
+  rows, all_times = [], {}
+  for threads in args.torch_threads:
+    torch.set_num_threads(threads)
+    run_original()
+    times = {"original": [], "jit": []}
+    for _ in range(args.repeats):
+      for name, fn in (("original", run_original), ("jit", run_jit)):
+        start = time.perf_counter()
+        fn()
+        times[name].append(time.perf_counter() - start)
+    ratios = [o / j for o, j in zip(times["original"], times["jit"])]
+    row = dict(batch=batch, latent=args.latent, codes=args.codes, c_hidden=args.c_hidden,
+               steps=args.steps, cfg=args.cfg, typical_mass=args.typical_mass,
+               torch=torch.__version__, torch_threads=threads,
+               original_ms=1e3 * statistics.median(times["original"]),
+               jit_ms=1e3 * statistics.median(times["jit"]),
+               original_min_ms=1e3 * min(times["original"]), jit_min_ms=1e3 * min(times["jit"]),
+               ratio_median=statistics.median(ratios),
+               ratio_of_mins=min(times["original"]) / min(times["jit"]),
+               jit_compile_s=compile_time, forward_max_abs_diff=forward_diff,
+               load_1min=load_average())
+    print(f"torch threads {threads}: original {row['original_ms']:.0f} ms, jit "
+          f"{row['jit_ms']:.0f} ms (median of {args.repeats}); jit is {row['ratio_median']:.2f}x "
+          f"faster (paired median), {row['ratio_of_mins']:.2f}x (best of each); "
+          f"load {row['load_1min']:.1f}")
+    rows.append(row)
+    all_times[threads] = times
+  write_results(args.name, rows, times_s=all_times)
+
+
+if __name__ == "__main__":
+  main()

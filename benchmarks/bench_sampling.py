@@ -1,0 +1,152 @@
+"""Sampling latency and throughput against batch size (the paper's Fig. 7), VQGAN decoding included.
+
+For each batch size: the jit sampler (`paella_jax.sampling.sample`: T steps, classifier-free
+guidance, typical filtering) and the jit VQGAN decode of its tokens, timed separately and back to
+back (`total`); compilation is reported on its own (first call minus a steady call). Weights are
+random (speed does not depend on their values). With `--breakdown B`, one sampler step at batch
+B is split into its parts, each jit-compiled alone: the guided forward, the typical filter and
+the draw + renoise.
+
+  python benchmarks/bench_sampling.py --config tiny
+  python benchmarks/bench_sampling.py --config cpu_compare --batch-sizes 1,8,32 --breakdown 8
+  python benchmarks/bench_sampling.py --config paella_v1 --batch-sizes 1,8,64,256 --dtype bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from functools import partial
+
+from common import PRESETS, load_preset, parse_ints, time_calls, write_results
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from paella_jax.models.paella import build_model, count_params
+from paella_jax.models.vqgan import vqgan_from_config
+from paella_jax.noise import add_noise
+from paella_jax.sampling import guided_logits, sample, typical_filter
+
+
+def init_models(config, vqgan_config, seed: int = 0):
+  """(model, params, vq or None, vq_params or None) with random weights."""
+  model = build_model(config.model)
+  tokens = jnp.zeros((1, *config.latent_shape), jnp.int32)
+  params = nn.meta.unbox(jax.jit(model.init)(
+      jax.random.key(seed), tokens, jnp.zeros((1, model.c_clip)), jnp.zeros((1,)))["params"])
+  if vqgan_config is None:
+    return model, params, None, None
+  vq = vqgan_from_config(vqgan_config.model)
+  size = vqgan_config.image_size
+  vq_params = jax.jit(partial(vq.init, method="reconstruct"))(
+      jax.random.key(seed + 1), jnp.zeros((1, size, size, 3)))["params"]
+  return model, params, vq, vq_params
+
+
+def breakdown(model, params, batch: int, latent_shape, settings: dict, repeats: int) -> list[dict]:
+  """Per-step milliseconds of the sampler's parts at one batch size, each jit-compiled alone."""
+  keys = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.randint(keys[0], (batch, *latent_shape), 0, model.num_labels, jnp.int32)
+  clip = jax.random.normal(keys[1], (batch, model.c_clip))
+  r = jnp.full((batch,), 0.5)
+  cfg = jnp.float32(settings["cfg"])
+  forward = jax.jit(lambda p, x, c, r: guided_logits(model, p, x, c, r, cfg))
+  logits = forward(params, x, clip, r)
+  filt = jax.jit(typical_filter)
+  filtered = filt(logits, settings["typical_mass"])
+
+  @jax.jit
+  def draw(rng, logits, x):
+    new_x = jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+    return add_noise(rng, new_x, r, model.num_labels, x)[0]
+
+  parts = {
+      "forward (cond+uncond)": lambda: forward(params, x, clip, r).block_until_ready(),
+      "typical filter": lambda: filt(logits, settings["typical_mass"]).block_until_ready(),
+      "draw + renoise": lambda: draw(keys[2], filtered, x).block_until_ready(),
+      "whole sampler / steps": None,
+  }
+  steps = settings["steps"]
+  whole = time_calls(lambda: sample(model, params, clip, keys[2], latent_shape=latent_shape,
+                                    **settings).block_until_ready(), repeats)
+  rows = []
+  for name, fn in parts.items():
+    t = whole if fn is None else time_calls(fn, repeats)
+    scale = steps if fn is None else 1
+    rows.append(dict(part=name, batch=batch, ms_per_step=1e3 * t["median_s"] / scale,
+                     min_ms_per_step=1e3 * t["min_s"] / scale, load_1min=t["load_1min"]))
+  step_ms = rows[-1]["ms_per_step"]
+  for row in rows:
+    row["share_of_step"] = row["ms_per_step"] / step_ms
+    print(f"  {row['part']:24s} {row['ms_per_step']:9.2f} ms/step  {100 * row['share_of_step']:5.1f}%")
+  return rows
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--config", choices=sorted(PRESETS), default="tiny")
+  parser.add_argument("--batch-sizes", type=parse_ints, default=[1, 2, 4, 8, 16, 32, 64, 128, 256])
+  parser.add_argument("--steps", type=int, default=8)
+  parser.add_argument("--cfg", type=float, default=5.0)
+  parser.add_argument("--typical-mass", type=float, default=0.2)
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                      help="compute dtype of the token predictor and the VQGAN")
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--breakdown", type=int, default=0, metavar="B",
+                      help="also split one sampler step at batch B into its parts")
+  parser.add_argument("--name", default=None, help="result file name (default sampling_CONFIG_DTYPE)")
+  args = parser.parse_args()
+
+  config, vqgan_config = load_preset(args.config, args.dtype)
+  model, params, vq, vq_params = init_models(config, vqgan_config)
+  if vq is not None:
+    vq = vq.clone(dtype=jnp.dtype(args.dtype))
+  latent_shape = tuple(config.latent_shape)
+  settings = dict(steps=args.steps, cfg=args.cfg, typical_mass=args.typical_mass)
+  print(f"{args.config}: {count_params(params):,} parameters, latents {latent_shape}, "
+        f"{model.num_labels} codes, {args.dtype}, {jax.devices()[0].device_kind}")
+  decode = None if vq is None else jax.jit(
+      lambda p, codes: vq.apply({"params": p}, codes, method="decode_codes"))
+
+  rows = []
+  for batch in args.batch_sizes:
+    clip = jax.random.normal(jax.random.key(batch), (batch, model.c_clip))
+    rng = jax.random.key(0)
+    run_sampler = lambda: sample(model, params, clip, rng, latent_shape=latent_shape, **settings)
+    start = time.perf_counter()
+    tokens = run_sampler().block_until_ready()
+    first_call = time.perf_counter() - start
+    row = dict(config=args.config, dtype=args.dtype, batch=batch, **settings)
+    timed = {"sample": lambda: run_sampler().block_until_ready()}
+    if decode is not None:
+      timed["decode"] = lambda: decode(vq_params, tokens).block_until_ready()
+      timed["total"] = lambda: decode(vq_params, run_sampler()).block_until_ready()
+    for part, fn in timed.items():
+      t = time_calls(fn, args.repeats)
+      row[f"{part}_ms"] = 1e3 * t["median_s"]
+      row[f"{part}_min_ms"] = 1e3 * t["min_s"]
+      if part == "decode":
+        row["decode_compile_s"] = max(t["first_s"] - t["median_s"], 0.0)
+      row["load_1min"] = t["load_1min"]
+    row["sample_compile_s"] = max(first_call - row["sample_ms"] / 1e3, 0.0)
+    total = row.get("total_ms", row["sample_ms"])
+    row.update(images_per_s=1e3 * batch / total, ms_per_image=total / batch)
+    rows.append(row)
+    print(f"B={batch:4d}  sample {row['sample_ms']:9.1f} ms  "
+          + (f"decode {row['decode_ms']:8.1f} ms  total {total:9.1f} ms  " if decode else "")
+          + f"{row['images_per_s']:8.2f} img/s  compile {row['sample_compile_s']:.1f} s  "
+          f"load {row['load_1min']:.1f}")
+
+  extra = dict(config=args.config, parameters=count_params(params), latent_shape=latent_shape,
+               num_labels=model.num_labels, decoding=decode is not None)
+  if args.breakdown:
+    print(f"breakdown of one step at B={args.breakdown}:")
+    extra["breakdown"] = breakdown(model, params, args.breakdown, latent_shape, settings,
+                                   args.repeats)
+  write_results(args.name or f"sampling_{args.config}_{args.dtype}", rows, **extra)
+
+
+if __name__ == "__main__":
+  main()
