@@ -41,6 +41,13 @@ def test_fixture_parity_pooled(tiny):
   np.testing.assert_allclose(logits, nchw_to_nhwc(io["logits"]), atol=TOL, rtol=0)
 
 
+def test_converted_model_samples(tiny):
+  from paella_jax.sampling import sample
+  model, params, io = tiny
+  codes = sample(model, params, io["c"], jax.random.key(0), steps=2, latent_shape=(8, 8))
+  assert codes.shape == (2, 8, 8)
+
+
 def test_fixture_parity_spatial(tiny):
   model, params, io = tiny
   logits = model.apply({"params": params}, jnp.asarray(io["x"]),

@@ -21,7 +21,7 @@ import numpy as np
 from paella_jax.checkpoint import save_model
 from paella_jax.convert.torch_io import (CheckpointMismatchError, check_state_dict,
                                          load_torch_file, to_numpy_state_dict)
-from paella_jax.models.paella import DenoiseUNet
+from paella_jax.models.paella import DenoiseUNet, build_model
 
 KIND = "paella_v1"
 
@@ -139,7 +139,7 @@ def paella_v1_from_torch(path_or_state_dict, c_r: int = 64, dtype=jnp.float32
   if isinstance(path_or_state_dict, (str, os.PathLike)):
     path_or_state_dict = load_torch_file(path_or_state_dict)
   sd = to_numpy_state_dict(_unwrap(path_or_state_dict))
-  model = DenoiseUNet(**infer_architecture(sd, c_r), dtype=dtype)
+  model = build_model(dict(infer_architecture(sd, c_r), dtype=dtype))
   mapping = key_map(model)
   flax_shapes = _flax_shapes(model)
   expected = {tk: tuple(_TORCH_SHAPE[kind](flax_shapes[fp])) for tk, fp, kind in mapping}
