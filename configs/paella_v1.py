@@ -44,7 +44,11 @@ def get_config():
   # stored as "float32" or "bfloat16".
   c.export = ml_collections.ConfigDict(dict(weights="params", dtype="float32"))
 
-  c.data = ml_collections.ConfigDict(dict(source="random", path=""))
+  # random | arrays (.npz or tokens.npy + clip.npy) | records (prepared ArrayRecord shards) |
+  # images (raw images encoded on the fly with `vqgan` and `clip`: small datasets, fine-tuning)
+  c.data = ml_collections.ConfigDict(dict(
+      source="random", path="", workers=0, prefetch=2,
+      vqgan="", clip="", image_size=256, crop="random"))
 
   c.sampling = ml_collections.ConfigDict(dict(
       steps=8, cfg=5.0, typical_mass=0.2, typical_min_tokens=1, temperature=(1.0, 1.0),

@@ -99,7 +99,7 @@ def test_train_and_sample_commands(tmp_path):
                   f"--embeddings={emb}", "--batch-size=3", f"--out={out}"], check=True, cwd=ROOT)
   codes = np.load(out / "codes.npy")
   assert codes.shape == (6, 8, 8) and codes.max() < 64
-  assert json.load(open(out / "codes.json"))["steps"] == 8
+  assert json.load(open(out / "codes.json"))["sampler"]["steps"] == 8
 
 
 def test_bad_training_data_is_named(tmp_path):
