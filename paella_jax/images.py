@@ -34,11 +34,29 @@ def make_grid(images: np.ndarray, columns: int | None = None, padding: int = 2) 
   return grid
 
 
-def load_image(path: str) -> np.ndarray:
-  """Reads an image file as (H, W, 3) float32 RGB in [0, 1].
+def pil_to_rgb(image) -> np.ndarray:
+  """Any PIL mode -> (H, W, 3) uint8; alpha composited onto white, 16/32-bit rescaled."""
+  from PIL import Image
+  if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    values = np.asarray(image, np.float64)
+    scale = 255.0 / 65535.0 if image.mode != "F" and values.max() > 255 else 1.0
+    if image.mode == "F" and values.max() <= 1.0:
+      scale = 255.0
+    grey = np.clip(np.round(values * scale), 0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+  if image.mode == "P" and "transparency" in image.info:
+    image = image.convert("RGBA")
+  if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    image = image.convert("RGBA")
+    background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+    image = Image.alpha_composite(background, image)
+  return np.asarray(image.convert("RGB"), np.uint8)
 
-  Greyscale, palette, CMYK and 16-bit images are converted; an alpha channel is composited
-  over white. Raises FileNotFoundError or ValueError naming the file.
+
+def load_image(path: str) -> np.ndarray:
+  """Reads an image file as (H, W, 3) float32 RGB in [0, 1] (any mode, see `pil_to_rgb`).
+
+  Raises FileNotFoundError or ValueError naming the file.
   """
   from PIL import Image, UnidentifiedImageError
   if not os.path.isfile(path):
@@ -46,15 +64,7 @@ def load_image(path: str) -> np.ndarray:
   try:
     with Image.open(path) as image:
       image.load()
-      if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        grey = np.asarray(image, np.float32) / (65535.0 if image.mode != "I" else
-                                                max(float(np.asarray(image).max()), 1.0))
-        return np.repeat(np.clip(grey, 0, 1)[..., None], 3, axis=-1)
-      if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(white, rgba)
-      return np.asarray(image.convert("RGB"), np.float32) / 255.0
+      return pil_to_rgb(image).astype(np.float32) / 255.0
   except (UnidentifiedImageError, OSError, SyntaxError) as e:
     raise ValueError(f"{path} is not a readable image (corrupt or truncated?): {e}") from e
 

@@ -14,6 +14,8 @@ import zlib
 
 import numpy as np
 
+from paella_jax.images import pil_to_rgb
+
 REASONS = ("missing_image", "missing_caption", "corrupt_image", "image_too_small",
            "empty_caption", "caption_not_utf8")
 
@@ -38,36 +40,17 @@ def decode_image(data: bytes | np.ndarray | None, min_size: int = 1) -> np.ndarr
     raise BadInput("missing_image")
   try:
     if isinstance(data, np.ndarray):
-      array = _to_rgb(Image.fromarray(data[..., 0] if data.ndim == 3 and data.shape[2] == 1
+      array = pil_to_rgb(Image.fromarray(data[..., 0] if data.ndim == 3 and data.shape[2] == 1
                                       else data))
     else:
       with Image.open(io.BytesIO(data)) as image:
         image.load()
-        array = _to_rgb(image)
+        array = pil_to_rgb(image)
   except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, bombs...)
     raise BadInput("corrupt_image", f"{type(e).__name__}: {e}") from None
   if min(array.shape[:2]) < min_size:
     raise BadInput("image_too_small", f"{array.shape[1]}x{array.shape[0]} < {min_size}")
   return array
-
-
-def _to_rgb(image) -> np.ndarray:
-  """Any PIL mode -> (H, W, 3) uint8; alpha composited onto white, 16/32-bit rescaled."""
-  from PIL import Image
-  if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-    values = np.asarray(image, np.float64)
-    scale = 255.0 / 65535.0 if image.mode != "F" and values.max() > 255 else 1.0
-    if image.mode == "F" and values.max() <= 1.0:
-      scale = 255.0
-    grey = np.clip(np.round(values * scale), 0, 255).astype(np.uint8)
-    return np.repeat(grey[..., None], 3, axis=-1)
-  if image.mode == "P" and "transparency" in image.info:
-    image = image.convert("RGBA")
-  if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-    image = image.convert("RGBA")
-    background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-    image = Image.alpha_composite(background, image)
-  return np.asarray(image.convert("RGB"), np.uint8)
 
 
 def decode_caption(data: bytes | str | None, json_key: str = "caption") -> str:
