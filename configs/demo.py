@@ -27,7 +27,7 @@ def get_config():
   c.paella.train.update(total_steps=3000, batch_size=64, learning_rate=2e-3, warmup_steps=100,
                         cond_drop_prob=0.1, cond_drop_mode="sample", log_every=50,
                         checkpoint_every=1000)
-  c.paella.data.source = "arrays"
+  c.paella.data.source = "records"  # written by the demo through paella_jax.data.prepare
   c.paella.sampling.update(steps=8, cfg=3.0, typical_mass=0.2)
   c.eval_samples_per_prompt = 4
   return c

@@ -4,7 +4,8 @@
 Writes into WORKDIR:
   vqgan/        stage 1: checkpoints, logs, TensorBoard; vqgan/model the VQGAN
   clip/         the tiny random text tower (seeded, frozen)
-  data/encoded.npz   tokens (N, 8, 8) + caption embeddings (N, 32): the pre-encoded dataset
+  data/         the dataset prepared by the real data path (paella_jax.data.prepare): ArrayRecord
+                shards of tokens (8, 8) + caption embeddings (32,) and a manifest
   paella/       stage-2 checkpoints, logs, TensorBoard; paella/model the sampler's checkpoint
   samples/grid.png, report.json   samples for every prompt, adherence scores
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 
 import jax
@@ -20,9 +22,11 @@ import numpy as np
 
 from paella_jax.convert.clip import ClipEncoder, random_clip, save_clip
 from paella_jax.convert.vqgan import VQGANCodec
+from paella_jax.data.prepare import Preparer
 from paella_jax.data.scenes import all_scenes, make_dataset, training_scenes
 from paella_jax.eval.adherence import score, score_seen_and_held_out
-from paella_jax.images import make_grid, save_png
+from paella_jax.data.sources import memory_source
+from paella_jax.images import make_grid, save_png, to_uint8
 from paella_jax.sampling import sample
 from paella_jax.training.loop import train as train_paella
 from paella_jax.training.vqgan_loop import train_vqgan
@@ -46,14 +50,12 @@ def run(config, workdir: str = "runs/demo", progress: bool = True) -> dict:
   save_clip(os.path.join(workdir, "clip"), clip_model, clip_params, tokenizer, overwrite=True,
             meta={"random_weights": True})
   encoder = ClipEncoder(clip_model, clip_params, tokenizer, batch_size=256)
-  tokens = codec.encode(images)
-  embeddings = encoder.encode_text(captions)
-  data_path = os.path.join(workdir, "data", "encoded.npz")
-  os.makedirs(os.path.dirname(data_path), exist_ok=True)
-  np.savez(data_path, tokens=tokens, clip=embeddings)
-
+  data_dir = os.path.join(workdir, "data")
+  shutil.rmtree(data_dir, ignore_errors=True)
+  Preparer(codec, encoder, size=images.shape[1], crop="center", batch_size=256).run(
+      memory_source(to_uint8(images), captions), data_dir, progress=progress)
   paella_cfg = config.paella
-  paella_cfg.data.path = data_path
+  paella_cfg.data.update(source="records", path=data_dir)
   paella_dir = os.path.join(workdir, "paella")
   state = train_paella(paella_cfg, paella_dir, progress=progress)
   _record_encoders(os.path.join(paella_dir, "model"))

@@ -101,6 +101,30 @@ class ModulatedLayerNorm(nn.Module):
     return gamma * s * ln(x) + beta * s
 
 
+class DepthwiseConv3x3(nn.Module):
+  """Reflect-padded 3x3 depthwise conv with bias: (B, H, W, C) -> (B, H, W, C).
+
+  Written as nine shifted multiply-adds, which XLA fuses into one elementwise pass; XLA:CPU's
+  grouped convolution (feature_group_count=C) is ~10x slower for this shape. Parameters as a
+  depthwise nn.Conv: kernel (3, 3, 1, C), bias (C,).
+  """
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    c, (h, w) = x.shape[-1], x.shape[1:3]
+    kernel = self.param("kernel", _init(nn.initializers.lecun_normal(),
+                                        (None, None, None, "embed")), (3, 3, 1, c),
+                        self.param_dtype)
+    bias = self.param("bias", _init(nn.initializers.zeros_init(), ("embed",)), (c,),
+                      self.param_dtype)
+    padded = jnp.pad(x.astype(self.dtype), ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    taps = kernel.astype(self.dtype)[:, :, 0]
+    out = sum(padded[:, i:i + h, j:j + w] * taps[i, j] for i in range(3) for j in range(3))
+    return out + bias.astype(self.dtype)
+
+
 class ResBlock(nn.Module):
   """x + layer_scale * MLP(concat(MLN(DWConv(x), cond_mapper(s)), skip)).
 
@@ -114,11 +138,7 @@ class ResBlock(nn.Module):
   @nn.compact
   def __call__(self, x, s, skip=None):
     c = x.shape[-1]
-    h = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
-    h = nn.Conv(c, (3, 3), padding="VALID", feature_group_count=c, dtype=self.dtype,
-                param_dtype=self.param_dtype, name="depthwise",
-                kernel_init=_init(nn.initializers.lecun_normal(), (None, None, None, "embed")),
-                bias_init=_init(nn.initializers.zeros_init(), ("embed",)))(h)
+    h = DepthwiseConv3x3(self.dtype, self.param_dtype, name="depthwise")(x)
     s = _dense(c, "cond", "embed", "cond_mapper", self.dtype, self.param_dtype)(s)
     h = ModulatedLayerNorm(self.dtype, self.param_dtype, name="norm")(h, s)
     if skip is not None:
