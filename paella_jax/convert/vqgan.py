@@ -335,7 +335,7 @@ class VQGANCodec:
   """Batched, jit-compiled `encode`/`decode`, data-parallel over the local devices.
 
   Inputs are cut into chunks of `batch_size` (the last one padded), so each image size compiles
-  once. `dtype=jnp.bfloat16` computes in bfloat16 with float32 parameters (see docs/vqgan.md for
+  once. `dtype=jnp.bfloat16` computes in bfloat16 with float32 parameters (see the README's VQGAN section for
   its error against float32).
   """
 
