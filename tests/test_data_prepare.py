@@ -94,6 +94,23 @@ def test_tokens_are_the_codec_encoding_of_the_center_crop(raw, encoders, tmp_pat
                              encoder.encode_text([fmt.caption(record)])[0], atol=1e-5)
 
 
+def test_image_embedding_condition_for_variations(encoders, tmp_path):
+  """--condition image stores the CLIP image embedding of each crop (models for `vary`)."""
+  from paella_jax.models.clip import preprocess_images
+  codec, encoder = encoders
+  images = np.random.default_rng(1).integers(0, 256, (3, SIZE, SIZE, 3), np.uint8)
+  Preparer(codec, encoder, size=SIZE, batch_size=8, threads=2, condition="image").run(
+      memory_source(images, ["a", "b", "c"]), str(tmp_path), progress=False)
+  fmt, records = _records(str(tmp_path))
+  order = [["a", "b", "c"].index(fmt.caption(r)) for r in records]
+  pixels = np.asarray(preprocess_images(images[order] / 255.0,
+                                        encoder.model.config.vision.image_size))
+  np.testing.assert_allclose(np.stack([fmt.decode(r)["clip"] for r in records]),
+                             encoder.encode_images(pixels), atol=1e-5)
+  with pytest.raises(ValueError, match="condition"):
+    Preparer(codec, encoder, size=SIZE, condition="audio")
+
+
 def test_resume_and_process_split(raw, encoders, tmp_path):
   source = open_source(str(raw / "tars"))
   assert [s.name for s in source.shards] == ["00000", "00001"]

@@ -41,17 +41,24 @@ class Preparer:
   size: output image side in pixels (a multiple of the VQGAN's factor); crop: "random" (the
   paper's Resize + RandomCrop, fixed per example by `seed`) or "center"; min_size: images whose
   shorter side is smaller are skipped (default size // 2, at most 2x upscaling); batch_size:
-  examples decoded and encoded together; threads: host threads decoding images.
+  examples decoded and encoded together; threads: host threads decoding images; condition:
+  "text" stores CLIP text embeddings of the captions, "image" CLIP image embeddings of the crops
+  (for a model conditioned on image embeddings: variations; the encoder needs its vision tower).
   """
 
   def __init__(self, codec, encoder, size: int = 256, crop: str = "random",
                min_size: int | None = None, seed: int = 0, batch_size: int = 256,
-               threads: int = 8):
+               threads: int = 8, condition: str = "text"):
     factor = codec.module.factor
     if size % factor:
       raise ValueError(f"--size {size} is not a multiple of the VQGAN's factor {factor}")
     if crop not in ("random", "center"):
       raise ValueError(f"crop must be 'random' or 'center', got {crop!r}")
+    if condition not in ("text", "image"):
+      raise ValueError(f"condition must be 'text' or 'image', got {condition!r}")
+    if condition == "image" and encoder.model.config.vision is None:
+      raise ValueError("condition='image' needs a CLIP checkpoint with its vision tower")
+    self.condition = condition
     self.codec, self.encoder = codec, encoder
     self.size, self.crop, self.seed = size, crop, seed
     self.min_size = size // 2 if min_size is None else min_size
@@ -94,13 +101,19 @@ class Preparer:
         images = np.stack([image for image, _ in good]).astype(np.float32) / 255.0
         captions = [caption for _, caption in good]
         tokens = self.codec.encode(images)
-        clip = self.encoder.encode_text(captions)
+        clip = (self.encoder.encode_text(captions) if self.condition == "text" else
+                self.encoder.encode_images(self._clip_pixels(images)))
         records.extend(self.format.encode(t, e, s) for t, e, s in zip(tokens, clip, captions))
       if progress is not None:
         progress.update(len(loaded))
     summary = {"shard": shard.name, "file": f"{shard.name}.array_record", "records": len(records),
                "examples": n, "skipped": dict(sorted(skipped.items()))}
     return records, summary
+
+  def _clip_pixels(self, images: np.ndarray) -> np.ndarray:
+    """Crops (N, size, size, 3) in [0, 1] -> CLIP's normalised input for image embeddings."""
+    from paella_jax.models.clip import preprocess_images
+    return np.asarray(preprocess_images(images, self.encoder.model.config.vision.image_size))
 
   def run(self, source: Source, out_dir: str, process_index: int = 0, process_count: int = 1,
           progress: bool = True, info: dict | None = None) -> dict | None:
@@ -144,7 +157,7 @@ class Preparer:
     return {"latent_shape": list(self.format.latent_shape), "c_clip": self.format.c_clip,
             "token_dtype": self.format.token_dtype, "num_labels": self.codec.module.n_embed,
             "image_size": self.size, "crop": self.crop, "min_size": self.min_size,
-            "seed": self.seed, "source": {"kind": source.kind, "description": source.description},
+            "seed": self.seed, "condition": self.condition, "source": {"kind": source.kind, "description": source.description},
             **{k: info[k] for k in ("vqgan", "clip") if k in info}}
 
   @staticmethod
@@ -204,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--caption-key", default=None,
                  help="tfds caption feature (a/b for nested; default caption) or index column")
   p.add_argument("--path-column", default=None, help="index column holding image paths")
+  p.add_argument("--condition", choices=("text", "image"), default="text",
+                 help="store CLIP text embeddings of the captions (default) or CLIP image "
+                      "embeddings of the images (to train/fine-tune for variations)")
   p.add_argument("--bfloat16", action="store_true", help="encode images in bfloat16")
   p.add_argument("--distributed", action="store_true",
                  help="multi-host: call jax.distributed.initialize() and split the shards")
@@ -223,11 +239,11 @@ def main(argv=None) -> None:
   source = open_source(args.source, args.shard_size, args.split, args.data_dir, args.image_key,
                        args.caption_key, args.path_column)
   vq, vq_params = load_vqgan(args.vqgan)
-  clip_model, clip_params, tokenizer = load_clip(args.clip, text_only=True)
+  clip_model, clip_params, tokenizer = load_clip(args.clip, text_only=args.condition == "text")
   codec = VQGANCodec(vq, vq_params, args.batch_size, jnp.bfloat16 if args.bfloat16 else None)
   encoder = ClipEncoder(clip_model, clip_params, tokenizer, args.batch_size)
   preparer = Preparer(codec, encoder, args.size, args.crop, args.min_size, args.seed,
-                      args.batch_size, args.threads)
+                      args.batch_size, args.threads, args.condition)
   info = {"vqgan": {"checkpoint": os.path.abspath(args.vqgan), "config": vqgan_config(vq)},
           "clip": {"checkpoint": os.path.abspath(args.clip),
                    "config": clip_model.config.to_dict()},
