@@ -6,6 +6,8 @@ Training hyper-parameters are the paper's: AdamW 3e-4 (wd 0.01, eps 1e-8), linea
 
 import ml_collections
 
+from configs import clip_vit_g14, vqgan_sber_f8
+
 
 def get_config():
   c = ml_collections.ConfigDict()
@@ -13,6 +15,9 @@ def get_config():
       num_labels=8192, c_hidden=1280, c_clip=1024, c_r=64,
       down_levels=(4, 8, 16), up_levels=(16, 8, 4), dtype="float32", param_dtype="float32"))
   c.latent_shape = (32, 32)  # 256 x 256 images through the f8 VQGAN
+  # The image tokenizer and text encoder this model pairs with (for data preparation, sampling).
+  c.vqgan = vqgan_sber_f8.get_config()
+  c.clip = clip_vit_g14.get_config()
 
   c.train = ml_collections.ConfigDict(dict(
       seed=0, batch_size=1408, total_steps=600_000,
