@@ -40,9 +40,9 @@ def test_demo_end_to_end_shortened(tmp_path):
   """The real pipeline with fewer steps. Chance: colour 1/6, position 1/4, shape 1/3."""
   from paella_jax.demo import run
   config = demo.get_config()
-  config.num_images = 1024
-  config.vqgan.train.total_steps = 300
-  config.paella.train.update(total_steps=600, checkpoint_every=300)
+  config.num_images = 2048
+  config.vqgan.train.total_steps = 1000   # colours need ~1000 VQGAN steps (500 give ~34%)
+  config.paella.train.update(total_steps=1500, checkpoint_every=750)
   config.eval_samples_per_prompt = 2
   report = run(config, str(tmp_path), progress=False)
   assert (tmp_path / "samples" / "grid.png").is_file()
