@@ -47,7 +47,10 @@ def get_config():
 
   # The inference checkpoint written to WORKDIR/model at the end: "ema" or "params" weights,
   # stored as "float32" or "bfloat16".
-  c.export = ml_collections.ConfigDict(dict(weights="params", dtype="float32"))
+  # clip_checkpoint / vqgan_checkpoint: the encoders sample.py should use with it (paths
+  # relative to the exported model directory, or absolute; "" records none).
+  c.export = ml_collections.ConfigDict(dict(weights="params", dtype="float32",
+                                            clip_checkpoint="", vqgan_checkpoint=""))
 
   # random | arrays (.npz or tokens.npy + clip.npy) | records (prepared ArrayRecord shards) |
   # images (raw images encoded on the fly with `vqgan` and `clip`: small datasets, fine-tuning)

@@ -56,9 +56,10 @@ def run(config, workdir: str = "runs/demo", progress: bool = True) -> dict:
       memory_source(to_uint8(images), captions), data_dir, progress=progress)
   paella_cfg = config.paella
   paella_cfg.data.update(source="records", path=data_dir)
+  # The exported model names the demo's encoders, so sample.py needs no flags.
+  paella_cfg.export.update(clip_checkpoint="../../clip", vqgan_checkpoint="../../vqgan/model")
   paella_dir = os.path.join(workdir, "paella")
   state = train_paella(paella_cfg, paella_dir, progress=progress)
-  _record_encoders(os.path.join(paella_dir, "model"))
 
   report = evaluate(config, state.params, encoder, codec, workdir)
   report.update(dataset_analyser_check=data_check, vqgan_reconstruction=reconstruction,
@@ -66,16 +67,6 @@ def run(config, workdir: str = "runs/demo", progress: bool = True) -> dict:
   with open(os.path.join(workdir, "report.json"), "w") as f:
     json.dump(report, f, indent=2)
   return report
-
-
-def _record_encoders(model_dir: str) -> None:
-  """Points the exported model at the demo's CLIP and VQGAN, so sample.py needs no flags."""
-  path = os.path.join(model_dir, "model.json")
-  with open(path) as f:
-    desc = json.load(f)
-  desc["meta"].update(clip_checkpoint="../../clip", vqgan_checkpoint="../../vqgan/model")
-  with open(path, "w") as f:
-    json.dump(desc, f, indent=2)
 
 
 def evaluate(config, params, encoder, codec, workdir: str) -> dict:

@@ -190,7 +190,9 @@ def export_model(state: TrainState, model, out_dir: str, config) -> str | None:
   return save_model(out_dir, weights, KIND, model.architecture(),
                     meta={"latent_shape": list(config.latent_shape),
                           "sampling": config.sampling.to_dict(),
-                          "weights": config.export.weights, "dtype": config.export.dtype},
+                          "weights": config.export.weights, "dtype": config.export.dtype,
+                          **{key: config.export[key] for key in
+                             ("clip_checkpoint", "vqgan_checkpoint") if config.export[key]}},
                     overwrite=True)
 
 
