@@ -110,6 +110,9 @@ def main():
   decode = None if vq is None else jax.jit(
       lambda p, codes: vq.apply({"params": p}, codes, method="decode_codes"))
 
+  name = args.name or f"sampling_{args.config}_{args.dtype}"
+  extra = dict(config=args.config, parameters=count_params(params), latent_shape=latent_shape,
+               num_labels=model.num_labels, decoding=decode is not None)
   rows = []
   for batch in args.batch_sizes:
     clip = jax.random.normal(jax.random.key(batch), (batch, model.c_clip))
@@ -138,14 +141,13 @@ def main():
           + (f"decode {row['decode_ms']:8.1f} ms  total {total:9.1f} ms  " if decode else "")
           + f"{row['images_per_s']:8.2f} img/s  compile {row['sample_compile_s']:.1f} s  "
           f"load {row['load_1min']:.1f}")
+    write_results(name, rows, **extra)  # after every batch size: a killed run keeps its rows
 
-  extra = dict(config=args.config, parameters=count_params(params), latent_shape=latent_shape,
-               num_labels=model.num_labels, decoding=decode is not None)
   if args.breakdown:
     print(f"breakdown of one step at B={args.breakdown}:")
     extra["breakdown"] = breakdown(model, params, args.breakdown, latent_shape, settings,
                                    args.repeats)
-  write_results(args.name or f"sampling_{args.config}_{args.dtype}", rows, **extra)
+    write_results(name, rows, **extra)
 
 
 if __name__ == "__main__":

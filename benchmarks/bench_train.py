@@ -83,8 +83,8 @@ def main():
              f"{row['achieved_gflops_per_s']:7.1f} GFLOP/s"
              + (f"  MFU {100 * row['mfu']:.1f}%" if row["mfu"] is not None else ""))
           + f"  load {row['load_1min']:.1f}")
-  write_results(args.name or f"train_{args.config}_{args.dtype}", rows, peak_flops=peak,
-                device_kind=device_kind)
+    write_results(args.name or f"train_{args.config}_{args.dtype}", rows, peak_flops=peak,
+                  device_kind=device_kind)
 
 
 if __name__ == "__main__":

@@ -55,8 +55,8 @@ def main():
     rows.append(row)
     print(f"B={batch:4d}  encode {row['encode_images_per_s']:9.1f} img/s  decode "
           f"{row['decode_images_per_s']:9.1f} img/s  load {row['load_1min']:.1f}")
-  write_results(args.name or f"vqgan_{args.config.removeprefix('vqgan_')}_{args.dtype}", rows,
-                parameters=count_params(params))
+    write_results(args.name or f"vqgan_{args.config.removeprefix('vqgan_')}_{args.dtype}", rows,
+                  parameters=count_params(params))
 
 
 if __name__ == "__main__":

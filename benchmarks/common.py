@@ -1,9 +1,10 @@
 """Shared pieces of the benchmarks: model presets, timing, environment record, result files.
 
 Every benchmark writes `benchmarks/results/<name>_<backend>.json` (environment + rows) and
-`<name>_<backend>.csv` (rows only). Timings are medians of repeated calls after a warm-up call that compiles; the
-1-minute load average is recorded with every row, because CPU numbers from a shared machine are
-only comparable at similar load.
+`<name>_<backend>.csv` (rows only); `PAELLA_BENCH_RESULTS=DIR` writes them to DIR instead.
+Timings are medians of repeated calls after a warm-up call that compiles; the 1-minute load
+average is recorded with every row, because CPU numbers from a shared machine are only
+comparable at similar load.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = Path(os.environ.get("PAELLA_BENCH_RESULTS", ROOT / "benchmarks" / "results"))
 if str(ROOT) not in sys.path:
   sys.path.insert(0, str(ROOT))
 

@@ -1,7 +1,8 @@
 """Plots sampling time against batch size (like the paper's Fig. 7) from the result files.
 
 Reads every `benchmarks/results/sampling_*.json` (or the files given) and draws, per file, the
-time of one batch (sampling + VQGAN decoding) and the time per image against the batch size.
+time of one batch (sampling + VQGAN decoding) and the time per image against the batch size;
+files of the same preset, dtype and device (e.g. a run split in two) are drawn as one line.
 
   python benchmarks/plot.py                      # -> docs/benchmarks_sampling.png
 """
@@ -26,17 +27,21 @@ def main():
   parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks_sampling.png")
   args = parser.parse_args()
   files = args.files or sorted(RESULTS.glob("sampling_*.json"))
-  fig, (ax_batch, ax_image) = plt.subplots(1, 2, figsize=(11, 4.2))
+  series: dict[str, dict[int, dict]] = {}  # label -> batch -> row; files of one label merge
   for path in files:
     result = json.loads(path.read_text())
-    rows = sorted(result["rows"], key=lambda row: row["batch"])
+    if not result["rows"]:
+      continue
     env = result["environment"]
-    batch = [row["batch"] for row in rows]
-    total = [row.get("total_ms", row["sample_ms"]) / 1e3 for row in rows]
     device = (f"CPU, {env['cpu_count']} cores" if env["backend"] == "cpu"
               else f"{env['device_count']}x {env['device_kind']}")
-    label = (f"{result['config']} {rows[0]['dtype']}, {device}"
+    label = (f"{result['config']} {result['rows'][0]['dtype']}, {device}"
              + ("" if result["decoding"] else ", no decoding"))
+    series.setdefault(label, {}).update({row["batch"]: row for row in result["rows"]})
+  fig, (ax_batch, ax_image) = plt.subplots(1, 2, figsize=(11, 4.2))
+  for label, by_batch in series.items():
+    batch = sorted(by_batch)
+    total = [by_batch[b].get("total_ms", by_batch[b]["sample_ms"]) / 1e3 for b in batch]
     ax_batch.plot(batch, total, "o-", label=label)
     ax_image.plot(batch, [t / b * 1e3 for t, b in zip(total, batch)], "o-", label=label)
   for ax, ylabel in ((ax_batch, "seconds per batch"), (ax_image, "ms per image")):

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Every accelerator check of the benchmarks in one run, most important first, inside a time budget.
+#
+#   bash benchmarks/device_suite.sh [BUDGET_SECONDS=510] [OUT_DIR=${OUT:-/tmp/paella_suite}]
+#
+# Steps (paper config unless SUITE_PRESET says otherwise): numerics against the original's
+# fixtures; sampling at batch 1 and 64 in bf16 (the latency and throughput targets); the bf16
+# train step at batch 64 (MFU target); the same sampling in fp32; depthwise-conv forms; the
+# typical filter; the bf16 batch sweep 8-256 with a per-part breakdown (the Fig. 7 plot); VQGAN;
+# the fp32 train step. A step starts only with at least 30 s of the budget left and is stopped
+# when the budget runs out; every benchmark writes its rows as it goes. After each step the
+# result files are packed into OUT_DIR/results.tar.gz (one file: unpack it into
+# benchmarks/results), the log is OUT_DIR/suite.log, the target table OUT_DIR/summary.md.
+#
+# Where ml_collections is missing (configs/ need it), wheels in .carry/wheels are installed
+# first; the fixtures are read from SUITE_REFERENCE (default ../shared/reference).
+# A dry run on a CPU (what tests/test_benchmarks.py runs):
+#   SUITE_PRESET=tiny SUITE_VQGAN=vqgan_tiny SUITE_TYPICAL_SHAPES=256x1024 \
+#     bash benchmarks/device_suite.sh 300 /tmp/suite
+set -u
+cd "$(dirname "$0")/.."
+budget=${1:-510}
+out=${2:-${OUT:-/tmp/paella_suite}}
+preset=${SUITE_PRESET:-paella_v1}
+vqgan=${SUITE_VQGAN:-vqgan_sber_f8}
+typical_shapes=${SUITE_TYPICAL_SHAPES:-1024x8192,65536x8192}  # rows = images x 1024 tokens
+reference=${SUITE_REFERENCE:-../shared/reference}
+python=${PYTHON:-python3}
+deadline=$(( $(date +%s) + budget ))
+mkdir -p "$out/results"
+export PAELLA_BENCH_RESULTS="$out/results" PYTHONUNBUFFERED=1
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}
+log="$out/suite.log"
+
+if ! "$python" -c "import ml_collections" 2>/dev/null; then
+  "$python" -m pip install -q --no-index --no-deps --no-compile --target /tmp/paella_site \
+    .carry/wheels/*.whl || { echo "ml_collections missing and no wheels in .carry/wheels"; exit 1; }
+  export PYTHONPATH=/tmp/paella_site${PYTHONPATH:+:$PYTHONPATH}
+fi
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+  "$python" -c "import jax; print('jax', jax.__version__, jax.devices())"; } | tee "$log"
+
+step() {  # step NAME SCRIPT ARGS...: runs benchmarks/SCRIPT within the time left
+  local name=$1 script=$2 left
+  shift 2
+  left=$(( deadline - $(date +%s) ))
+  if (( left < 30 )); then
+    echo "== $name: skipped, ${left} s of the budget left" | tee -a "$log"
+    return
+  fi
+  echo "== $name ($(date -u +%H:%M:%S), ${left} s left)" | tee -a "$log"
+  local start=$(date +%s)
+  timeout "$left" "$python" "benchmarks/$script" "$@" 2>&1 | grep --line-buffered -v "^wrote " \
+    | tee -a "$log"
+  local status=${PIPESTATUS[0]}
+  echo "== $name: exit $status after $(( $(date +%s) - start )) s" | tee -a "$log"
+  tar czf "$out/results.tar.gz" -C "$out" results
+}
+
+step numerics check_numerics.py --reference "$reference"
+step "sampling bf16, batch 1 and 64" bench_sampling.py --config "$preset" --dtype bfloat16 \
+  --batch-sizes 1,64 --repeats 3
+step "train bf16, batch 64" bench_train.py --config "$preset" --dtype bfloat16 --batch-sizes 64 \
+  --steps 5 --repeats 3
+step "sampling fp32, batch 1 and 64" bench_sampling.py --config "$preset" --dtype float32 \
+  --batch-sizes 1,64 --repeats 3
+step "depthwise conv forms, bf16" bench_depthwise.py --config "$preset" --dtype bfloat16 --batch 128
+step "typical filter" bench_typical.py --shapes "$typical_shapes" --repeats 5
+step "sampling bf16 sweep + breakdown" bench_sampling.py --config "$preset" --dtype bfloat16 \
+  --batch-sizes 8,16,32,128,256 --repeats 3 --breakdown 64 --name "sampling_${preset}_bfloat16_sweep"
+step "vqgan bf16" bench_vqgan.py --config "$vqgan" --dtype bfloat16 --batch-sizes 1,8,64 --repeats 3
+step "train fp32, batch 64" bench_train.py --config "$preset" --dtype float32 --batch-sizes 64 \
+  --steps 5 --repeats 3
+step "vqgan fp32" bench_vqgan.py --config "$vqgan" --dtype float32 --batch-sizes 1,8,64 --repeats 3
+
+backend=$("$python" -c "import jax; print(jax.default_backend())")
+"$python" benchmarks/summary.py --backend "$backend" --results "$out/results" --preset "$preset" \
+  | tee "$out/summary.md"

@@ -1,0 +1,57 @@
+"""The one-shot accelerator suite (benchmarks/device_suite.sh), dry-run on a CPU with tiny presets.
+
+Timings are not asserted (benchmarks report); what is checked is that every step runs, the
+results come back packed, and the numerics checks hold on this backend.
+"""
+
+import json
+import os
+import subprocess
+import tarfile
+
+import pytest
+
+from tests.conftest import REFERENCE, ROOT
+
+STEPS = 10
+RESULT_FILES = ("numerics", "sampling_tiny_bfloat16", "sampling_tiny_float32",
+                "sampling_tiny_bfloat16_sweep", "train_tiny_bfloat16", "train_tiny_float32",
+                "depthwise_tiny_bfloat16", "typical_filter", "vqgan_tiny_bfloat16",
+                "vqgan_tiny_float32")
+
+
+@pytest.mark.slow
+def test_device_suite_dry_run_on_cpu(tmp_path):
+  out = tmp_path / "suite"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", SUITE_PRESET="tiny", SUITE_VQGAN="vqgan_tiny",
+             SUITE_TYPICAL_SHAPES="256x1024", SUITE_REFERENCE=str(REFERENCE), PYTHON="python3")
+  subprocess.run(["bash", "benchmarks/device_suite.sh", "600", str(out)], cwd=ROOT, env=env,
+                 check=True, timeout=900)
+  log = (out / "suite.log").read_text()
+  assert log.count(": exit 0 after") == STEPS, log
+
+  unpacked = tmp_path / "unpacked"
+  with tarfile.open(out / "results.tar.gz") as archive:
+    archive.extractall(unpacked, filter="data")
+  results = {path.stem.removesuffix("_cpu"): json.loads(path.read_text())
+             for path in (unpacked / "results").glob("*_cpu.json")}
+  assert set(RESULT_FILES) <= set(results), sorted(results)
+
+  numerics = {row["check"] + row.get("dtype", "") + row.get("precision", ""): row
+              for row in results["numerics"]["rows"]}
+  for conditioning in ("pooled", "spatial"):
+    assert numerics[f"paella logits, {conditioning}float32highest"]["max_abs_error"] < 1e-4
+    assert numerics[f"paella logits, {conditioning}bfloat16default"]["argmax_agreement"] > 0.5
+  assert numerics["typical filter, original's fixture (6 cases)"]["equal_cases"] == 6
+  assert numerics["typical filter vs sort, 4096 x 8192 random rows"]["equal"]
+  assert numerics["vqganhighest"]["codes_equal"] == 1.0
+  assert numerics["sampler, same key twice (32 images, 8 steps)"]["identical"]
+
+  assert all(row["max_abs_difference"] < 1e-1 for row in results["depthwise_tiny_bfloat16"]["rows"])
+  assert all(row[f"{form}_equal"] for row in results["typical_filter"]["rows"]
+             for form in ("argsort", "flat", "blocked"))
+  sweep = sorted(row["batch"] for row in results["sampling_tiny_bfloat16_sweep"]["rows"])
+  assert sweep == [8, 16, 32, 128, 256]
+  assert results["sampling_tiny_bfloat16_sweep"]["breakdown"]
+  summary = (out / "summary.md").read_text()
+  assert "| batch-1 latency (ms), bf16 |" in summary and "not measured" in summary  # CPU: no MFU
