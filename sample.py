@@ -12,8 +12,9 @@
     python sample.py replay outputs/0001.json --out again/               # regenerate exactly
 
 Every command writes OUT/NNNN.png per image with a JSON sidecar (all arguments, the seed, every
-sampler setting, the checkpoint ids: enough to regenerate the image bit for bit with `replay`),
-OUT/grid.png, OUT/codes.npy and OUT/codes.json; `interpolate` also writes OUT/interpolation.gif.
+sampler setting and the sampler version, the checkpoint ids: enough to regenerate the image bit
+for bit with `replay`), OUT/grid.png, OUT/codes.npy and OUT/codes.json; `interpolate` also
+writes OUT/interpolation.gif.
 The model's checkpoint records its CLIP and VQGAN (--clip/--vqgan override them). Sampler
 defaults come from the checkpoint's sampling settings, per mode (the paper's: cfg 5 to generate,
 4 to interpolate and outpaint, 6 to inpaint and edit; editing runs 24 steps from step 8 with
@@ -293,7 +294,7 @@ def _read_labels(path: str) -> np.ndarray:
 def run(args) -> str:
   """Samples for `args` and writes the outputs; returns the output folder."""
   import jax
-  from paella_jax.sampling import sample
+  from paella_jax.sampling import SAMPLER_VERSION, sample
   models = Models(args)
   settings = models.sampler_settings(args)
   inputs = plan(args, models, settings)
@@ -308,7 +309,8 @@ def run(args) -> str:
                  mask=inputs.get("mask"), start_step=settings["start_step"])
   codes = np.asarray(codes)
   record = dict(command=args.command, args={k: v for k, v in vars(args).items() if k != "out"},
-                sampler=settings, checkpoint_id=models.checkpoint_id(),
+                sampler=settings, sampler_version=SAMPLER_VERSION,
+                checkpoint_id=models.checkpoint_id(),
                 clip_checkpoint=models.clip_dir, vqgan_checkpoint=models.vqgan_dir)
   write_outputs(args.out, codes, models, inputs, record)
   return args.out
@@ -342,6 +344,12 @@ def replay(args) -> str:
     record = json.load(f)
   recorded = argparse.Namespace(**record["args"], out=args.out)
   from paella_jax.checkpoint import read_model_description
+  from paella_jax.sampling import SAMPLER_VERSION
+  version = record.get("sampler_version", 1)  # sidecars before the version was recorded: 1
+  if version != SAMPLER_VERSION:
+    raise SystemExit(f"{args.sidecar} was made by sampler version {version}; this is version "
+                     f"{SAMPLER_VERSION}, which draws other codes from the same seed, so it cannot "
+                     "regenerate the image exactly (rerun the command to sample anew)")
   description = json.dumps(read_model_description(recorded.checkpoint), sort_keys=True)
   if hashlib.sha256(description.encode()).hexdigest()[:16] != record["checkpoint_id"]:
     raise SystemExit(f"{recorded.checkpoint} is not the checkpoint that made {args.sidecar} "

@@ -27,7 +27,7 @@ from flax import linen as nn
 from paella_jax.models.paella import build_model, count_params
 from paella_jax.models.vqgan import vqgan_from_config
 from paella_jax.noise import add_noise
-from paella_jax.sampling import guided_logits, sample, typical_filter
+from paella_jax.sampling import draw_codes, guided_logits, sample, typical_filter
 
 
 def init_models(config, vqgan_config, seed: int = 0):
@@ -59,7 +59,7 @@ def breakdown(model, params, batch: int, latent_shape, settings: dict, repeats: 
 
   @jax.jit
   def draw(rng, logits, x):
-    new_x = jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+    new_x = draw_codes(rng, logits)
     return add_noise(rng, new_x, r, model.num_labels, x)[0]
 
   parts = {

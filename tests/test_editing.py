@@ -147,6 +147,12 @@ def test_sidecar_regenerates_its_image_bit_for_bit(tiny_checkpoints, tmp_path):
   run_sample("generate", "--checkpoint", tiny_checkpoints / "model", "--prompt", "a red circle",
              "--seed", 8, "--cfg", 3, "--out", other)
   assert not np.array_equal(np.load(first / "codes.npy"), np.load(other / "codes.npy"))
+  old = json.load(open(first / "0002.json"))
+  del old["sampler_version"]  # written before versions were recorded: version 1
+  (tmp_path / "old.json").write_text(json.dumps(old))
+  with pytest.raises(SystemExit, match="sampler version 1"):
+    run_sample("replay", tmp_path / "old.json", "--out", tmp_path / "never")
+  assert not (tmp_path / "never").exists()
 
 
 def test_bad_editing_inputs_are_named(tiny_checkpoints, image, tmp_path):

@@ -4,10 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import stats
 from flax import linen as nn
 
 from paella_jax.models.paella import build_model
-from paella_jax.sampling import _sample_loop, guided_logits, sample, typical_filter
+from paella_jax.sampling import _sample_loop, draw_codes, guided_logits, sample, typical_filter
 
 CASES = [(m, k) for m in (0.2, 0.5, 0.9) for k in (1, 5)]
 
@@ -68,6 +69,38 @@ def test_typical_filter_rejects_bad_arguments():
     typical_filter(jnp.zeros((2, 4)), 0.0)
   with pytest.raises(ValueError, match="min_tokens"):
     typical_filter(jnp.zeros((2, 4)), 0.2, 0)
+
+
+@pytest.mark.parametrize("codes", [5, 48, 1024])
+def test_draw_codes_follows_the_softmax(codes):
+  """The two-stage draw against the exact distribution: chi-square over 100k draws of one row,
+  with a third of the codes at -inf (never drawn) and V not a multiple of the group size."""
+  rng = np.random.default_rng(codes)
+  logits = (rng.normal(size=codes) * 2).astype(np.float32)
+  logits[rng.permutation(codes)[: codes // 3]] = -np.inf
+  draws = np.asarray(jax.jit(draw_codes)(jax.random.key(0),
+                                         jnp.broadcast_to(jnp.asarray(logits), (100_000, codes))))
+  assert draws.dtype == np.int32 and draws.shape == (100_000,)
+  counts = np.bincount(draws, minlength=codes)
+  p = np.asarray(jax.nn.softmax(jnp.asarray(logits)), np.float64)
+  assert counts[p == 0].sum() == 0
+  expected = p[p > 0] * draws.size
+  frequent = expected >= 5  # chi-square needs >= 5 expected per cell: pool the rare codes
+  observed = np.append(counts[p > 0][frequent], counts[p > 0][~frequent].sum())
+  expected = np.append(expected[frequent], expected[~frequent].sum())
+  if expected[-1] == 0:
+    observed, expected = observed[:-1], expected[:-1]
+  assert stats.chisquare(observed, expected * observed.sum() / expected.sum()).pvalue > 1e-3
+
+
+def test_draw_codes_shapes_argmax_limit_and_keys():
+  logits = jax.random.normal(jax.random.key(0), (3, 4, 5, 100)) * 3
+  a = draw_codes(jax.random.key(1), logits)
+  assert a.shape == (3, 4, 5) and a.dtype == jnp.int32
+  np.testing.assert_array_equal(a, draw_codes(jax.random.key(1), logits))
+  assert not np.array_equal(a, draw_codes(jax.random.key(2), logits))
+  np.testing.assert_array_equal(draw_codes(jax.random.key(1), logits / 1e-10),
+                                jnp.argmax(logits, -1))
 
 
 @pytest.fixture(scope="module")
