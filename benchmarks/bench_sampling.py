@@ -2,10 +2,11 @@
 
 For each batch size: the jit sampler (`paella_jax.sampling.sample`: T steps, classifier-free
 guidance, typical filtering) and the jit VQGAN decode of its tokens, timed separately and back to
-back (`total`); compilation is reported on its own (first call minus a steady call). Weights are
-random (speed does not depend on their values). With `--breakdown B`, one sampler step at batch
-B is split into its parts, each jit-compiled alone: the guided forward, the typical filter and
-the draw + renoise.
+back (`total`); compilation is reported on its own (first call minus a steady call). A batch
+size that does not fit in the device's memory is recorded as such and the run goes on. Weights
+are random (speed does not depend on their values). With `--breakdown B`, one sampler step at
+batch B is split into its parts, each jit-compiled alone: the guided forward, the typical filter
+and the draw + renoise.
 
   python benchmarks/bench_sampling.py --config tiny
   python benchmarks/bench_sampling.py --config cpu_compare --batch-sizes 1,8,32 --breakdown 8
@@ -84,6 +85,37 @@ def breakdown(model, params, batch: int, latent_shape, settings: dict, repeats: 
   return rows
 
 
+def measure_batch(model, params, batch: int, latent_shape, settings: dict, decode, vq_params,
+                  repeats: int) -> dict:
+  """Sampling (and decoding) times at one batch size, compilation separately; prints a line."""
+  clip = jax.random.normal(jax.random.key(batch), (batch, model.c_clip))
+  rng = jax.random.key(0)
+  run_sampler = lambda: sample(model, params, clip, rng, latent_shape=latent_shape, **settings)
+  start = time.perf_counter()
+  tokens = run_sampler().block_until_ready()
+  first_call = time.perf_counter() - start
+  timed = {"sample": lambda: run_sampler().block_until_ready()}
+  if decode is not None:
+    timed["decode"] = lambda: decode(vq_params, tokens).block_until_ready()
+    timed["total"] = lambda: decode(vq_params, run_sampler()).block_until_ready()
+  row = {}
+  for part, fn in timed.items():
+    t = time_calls(fn, repeats)
+    row[f"{part}_ms"] = 1e3 * t["median_s"]
+    row[f"{part}_min_ms"] = 1e3 * t["min_s"]
+    if part == "decode":
+      row["decode_compile_s"] = max(t["first_s"] - t["median_s"], 0.0)
+    row["load_1min"] = t["load_1min"]
+  row["sample_compile_s"] = max(first_call - row["sample_ms"] / 1e3, 0.0)
+  total = row.get("total_ms", row["sample_ms"])
+  row.update(images_per_s=1e3 * batch / total, ms_per_image=total / batch)
+  print(f"B={batch:4d}  sample {row['sample_ms']:9.1f} ms  "
+        + (f"decode {row['decode_ms']:8.1f} ms  total {total:9.1f} ms  " if decode else "")
+        + f"{row['images_per_s']:8.2f} img/s  compile {row['sample_compile_s']:.1f} s  "
+        f"load {row['load_1min']:.1f}")
+  return row
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--config", choices=sorted(PRESETS), default="tiny")
@@ -115,32 +147,16 @@ def main():
                num_labels=model.num_labels, decoding=decode is not None)
   rows = []
   for batch in args.batch_sizes:
-    clip = jax.random.normal(jax.random.key(batch), (batch, model.c_clip))
-    rng = jax.random.key(0)
-    run_sampler = lambda: sample(model, params, clip, rng, latent_shape=latent_shape, **settings)
-    start = time.perf_counter()
-    tokens = run_sampler().block_until_ready()
-    first_call = time.perf_counter() - start
     row = dict(config=args.config, dtype=args.dtype, batch=batch, **settings)
-    timed = {"sample": lambda: run_sampler().block_until_ready()}
-    if decode is not None:
-      timed["decode"] = lambda: decode(vq_params, tokens).block_until_ready()
-      timed["total"] = lambda: decode(vq_params, run_sampler()).block_until_ready()
-    for part, fn in timed.items():
-      t = time_calls(fn, args.repeats)
-      row[f"{part}_ms"] = 1e3 * t["median_s"]
-      row[f"{part}_min_ms"] = 1e3 * t["min_s"]
-      if part == "decode":
-        row["decode_compile_s"] = max(t["first_s"] - t["median_s"], 0.0)
-      row["load_1min"] = t["load_1min"]
-    row["sample_compile_s"] = max(first_call - row["sample_ms"] / 1e3, 0.0)
-    total = row.get("total_ms", row["sample_ms"])
-    row.update(images_per_s=1e3 * batch / total, ms_per_image=total / batch)
+    try:
+      row.update(measure_batch(model, params, batch, latent_shape, settings, decode, vq_params,
+                               args.repeats))
+    except jax.errors.JaxRuntimeError as error:  # a batch too large for the device: a result too
+      if "RESOURCE_EXHAUSTED" not in str(error):
+        raise
+      row["error"] = "out of memory"
+      print(f"B={batch:4d}  out of device memory")
     rows.append(row)
-    print(f"B={batch:4d}  sample {row['sample_ms']:9.1f} ms  "
-          + (f"decode {row['decode_ms']:8.1f} ms  total {total:9.1f} ms  " if decode else "")
-          + f"{row['images_per_s']:8.2f} img/s  compile {row['sample_compile_s']:.1f} s  "
-          f"load {row['load_1min']:.1f}")
     write_results(name, rows, **extra)  # after every batch size: a killed run keeps its rows
 
   if args.breakdown:

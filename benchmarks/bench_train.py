@@ -27,6 +27,49 @@ from paella_jax.sharding import global_batch
 from paella_jax.training.partition import Trainer
 
 
+def measure_batch(args, batch_size: int, peak: float) -> dict:
+  """Compile time, FLOPs and memory of the step at one batch size, and unless --compile-only its
+  time, throughput and MFU; prints a line."""
+  config, _ = load_preset(args.config, args.dtype)
+  config.train.batch_size = batch_size
+  trainer = Trainer.create(config)
+  start = time.perf_counter()
+  step = trainer.compile()
+  compile_s = time.perf_counter() - start
+  flops = step.cost_analysis().get("flops", 0.0)  # per device, one step
+  memory = step.memory_analysis()
+  row = dict(config=args.config, dtype=args.dtype, batch=batch_size, devices=jax.device_count(),
+             compile_s=compile_s, gflops_per_step=flops / 1e9,
+             gflops_per_image=flops * jax.device_count() / batch_size / 1e9,
+             temp_gib=getattr(memory, "temp_size_in_bytes", 0) / 2 ** 30,
+             argument_gib=getattr(memory, "argument_size_in_bytes", 0) / 2 ** 30)
+  if not args.compile_only:
+    tokens, clip = random_token_arrays(batch_size, config.latent_shape, config.model.num_labels,
+                                       config.model.c_clip)
+    batch = global_batch({"tokens": tokens, "clip": clip}, trainer.batch_sharding, batch_size)
+    state = trainer.init()
+    box = [state]
+
+    def run():
+      for _ in range(args.steps):
+        box[0], metrics = step(box[0], batch)
+      jax.block_until_ready(metrics)
+
+    t = time_calls(run, args.repeats)
+    step_s = t["median_s"] / args.steps
+    row.update(step_ms=1e3 * step_s, images_per_s=batch_size / step_s,
+               achieved_gflops_per_s=flops / step_s / 1e9,
+               mfu=flops / step_s / peak if peak else None)
+  row["load_1min"] = load_average()
+  print(f"B={batch_size:4d}  compile {compile_s:6.1f} s  {row['gflops_per_image']:8.3f} GFLOP/image"
+        + ("" if args.compile_only else
+           f"  step {row['step_ms']:8.1f} ms  {row['images_per_s']:8.1f} img/s  "
+           f"{row['achieved_gflops_per_s']:7.1f} GFLOP/s"
+           + (f"  MFU {100 * row['mfu']:.1f}%" if row["mfu"] is not None else ""))
+        + f"  load {row['load_1min']:.1f}")
+  return row
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--config", choices=sorted(PRESETS), default="tiny")
@@ -45,44 +88,14 @@ def main():
   peak = args.peak_flops or (chip_info(device_kind) or (0.0,))[0]
   rows = []
   for batch_size in args.batch_sizes:
-    config, _ = load_preset(args.config, args.dtype)
-    config.train.batch_size = batch_size
-    trainer = Trainer.create(config)
-    start = time.perf_counter()
-    step = trainer.compile()
-    compile_s = time.perf_counter() - start
-    flops = step.cost_analysis().get("flops", 0.0)  # per device, one step
-    memory = step.memory_analysis()
-    row = dict(config=args.config, dtype=args.dtype, batch=batch_size, devices=jax.device_count(),
-               compile_s=compile_s, gflops_per_step=flops / 1e9,
-               gflops_per_image=flops * jax.device_count() / batch_size / 1e9,
-               temp_gib=getattr(memory, "temp_size_in_bytes", 0) / 2 ** 30,
-               argument_gib=getattr(memory, "argument_size_in_bytes", 0) / 2 ** 30)
-    if not args.compile_only:
-      tokens, clip = random_token_arrays(batch_size, config.latent_shape, config.model.num_labels,
-                                         config.model.c_clip)
-      batch = global_batch({"tokens": tokens, "clip": clip}, trainer.batch_sharding, batch_size)
-      state = trainer.init()
-      box = [state]
-
-      def run():
-        for _ in range(args.steps):
-          box[0], metrics = step(box[0], batch)
-        jax.block_until_ready(metrics)
-
-      t = time_calls(run, args.repeats)
-      step_s = t["median_s"] / args.steps
-      row.update(step_ms=1e3 * step_s, images_per_s=batch_size / step_s,
-                 achieved_gflops_per_s=flops / step_s / 1e9,
-                 mfu=flops / step_s / peak if peak else None)
-    row["load_1min"] = load_average()
+    try:
+      row = measure_batch(args, batch_size, peak)
+    except jax.errors.JaxRuntimeError as error:  # a batch too large for the device: a result too
+      if "RESOURCE_EXHAUSTED" not in str(error):
+        raise
+      row = dict(config=args.config, dtype=args.dtype, batch=batch_size, error="out of memory")
+      print(f"B={batch_size:4d}  out of device memory")
     rows.append(row)
-    print(f"B={batch_size:4d}  compile {compile_s:6.1f} s  {row['gflops_per_image']:8.3f} GFLOP/image"
-          + ("" if args.compile_only else
-             f"  step {row['step_ms']:8.1f} ms  {row['images_per_s']:8.1f} img/s  "
-             f"{row['achieved_gflops_per_s']:7.1f} GFLOP/s"
-             + (f"  MFU {100 * row['mfu']:.1f}%" if row["mfu"] is not None else ""))
-          + f"  load {row['load_1min']:.1f}")
     write_results(args.name or f"train_{args.config}_{args.dtype}", rows, peak_flops=peak,
                   device_kind=device_kind)
 

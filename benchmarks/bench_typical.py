@@ -1,9 +1,10 @@
 """Typical filtering: the original's full sort against the sort-free filter, same results.
 
-Three jit-compiled versions on the same logits, each checked equal (bit for bit) to the sort:
+Jit-compiled versions on the same logits, each checked equal (bit for bit) to the sort:
   argsort   the original algorithm (stable argsort, cumsum, scatter back), in jax.numpy
   flat      the bisection threshold over all rows at once (what accelerators run)
   blocked   `typical_filter` itself (on CPUs: rows in cache-sized blocks through `lax.map`)
+  4ary, 16ary  candidates for accelerators: the same search with fewer passes over the data
 
   python benchmarks/bench_typical.py
   python benchmarks/bench_typical.py --shapes 2048x1024,2048x8192,128x8192
@@ -39,6 +40,46 @@ def argsort_filter(logits: jax.Array, mass: float) -> jax.Array:
   return jnp.where(remove, -jnp.inf, logits)
 
 
+def kary_passes(arity: int, width: int = 2 ** 31) -> int:
+  """Passes of `kary_filter`'s search until the bracket (lo, hi] holds one bit pattern."""
+  passes = 0
+  while width > 1:
+    step = max(width // arity, 1)
+    width = max(step, width - (arity - 1) * step)
+    passes += 1
+  return passes
+
+
+def kary_filter(logits: jax.Array, mass: float, arity: int) -> jax.Array:
+  """A candidate for accelerators: the same threshold as the bisection (min_tokens 1, all rows at
+  once), searched `arity`-ary: arity - 1 thresholds per pass (sibling sums XLA can fuse into
+  one read of the scores and probabilities), 16 passes at arity 4 and 8 at 16 instead of 31.
+  Fewer passes over the data pays where a pass is bandwidth-bound (GPUs); on CPUs it was slower
+  (docs/benchmarks.md, section 3)."""
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  probs = jnp.exp(log_probs)
+  entropy = -jnp.sum(jnp.where(probs > 0, log_probs * probs, 0.0), axis=-1, keepdims=True)
+  score = jnp.abs(-log_probs - entropy)
+  bits = jax.lax.bitcast_convert_type(score, jnp.int32)
+
+  def body(_, bounds):
+    lo, hi = bounds
+    step = jnp.maximum((hi - lo) // arity, 1)
+    thresholds = [jnp.minimum(lo + j * step, hi) for j in range(1, arity)]  # ascending
+    reached = [jnp.sum(jnp.where(bits <= t, probs, 0.0), -1, keepdims=True) >= mass
+               for t in thresholds]
+    new_lo, new_hi = lo, hi  # the highest unreached and the lowest reached threshold
+    for t, r in zip(thresholds, reached):
+      new_hi = jnp.where(r & (t < new_hi), t, new_hi)
+      new_lo = jnp.where(~r & (t > new_lo), t, new_lo)
+    return new_lo, new_hi
+
+  lo = jnp.full(score.shape[:-1] + (1,), -1, jnp.int32)
+  _, hi = jax.lax.fori_loop(0, kary_passes(arity), body,
+                            (lo, jnp.max(bits, axis=-1, keepdims=True)))
+  return jnp.where(score > jax.lax.bitcast_convert_type(hi, jnp.float32), -jnp.inf, logits)
+
+
 def parse_shapes(text: str) -> list[tuple[int, int]]:
   """'2048x1024,128x8192' -> [(2048, 1024), (128, 8192)] (rows x codes)."""
   return [tuple(int(n) for n in shape.split("x")) for shape in text.split(",")]
@@ -57,6 +98,8 @@ def main():
       "argsort": jax.jit(argsort_filter),
       "flat": jax.jit(lambda logits, mass: _typical_filter_rows(logits, jnp.float32(mass), 1)),
       "blocked": jax.jit(typical_filter),
+      "4ary": jax.jit(lambda logits, mass: kary_filter(logits, mass, 4)),
+      "16ary": jax.jit(lambda logits, mass: kary_filter(logits, mass, 16)),
   }
   rows = []
   for n_rows, codes in args.shapes:

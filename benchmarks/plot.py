@@ -37,7 +37,8 @@ def main():
               else f"{env['device_count']}x {env['device_kind']}")
     label = (f"{result['config']} {result['rows'][0]['dtype']}, {device}"
              + ("" if result["decoding"] else ", no decoding"))
-    series.setdefault(label, {}).update({row["batch"]: row for row in result["rows"]})
+    series.setdefault(label, {}).update({row["batch"]: row for row in result["rows"]
+                                         if "error" not in row})
   fig, (ax_batch, ax_image) = plt.subplots(1, 2, figsize=(11, 4.2))
   for label, by_batch in series.items():
     batch = sorted(by_batch)

@@ -7,8 +7,10 @@ results come back packed, and the numerics checks hold on this backend.
 import json
 import os
 import subprocess
+import sys
 import tarfile
 
+import jax
 import pytest
 
 from tests.conftest import REFERENCE, ROOT
@@ -49,9 +51,33 @@ def test_device_suite_dry_run_on_cpu(tmp_path):
 
   assert all(row["max_abs_difference"] < 1e-1 for row in results["depthwise_tiny_bfloat16"]["rows"])
   assert all(row[f"{form}_equal"] for row in results["typical_filter"]["rows"]
-             for form in ("argsort", "flat", "blocked"))
+             for form in ("argsort", "flat", "blocked", "4ary", "16ary"))
   sweep = sorted(row["batch"] for row in results["sampling_tiny_bfloat16_sweep"]["rows"])
   assert sweep == [8, 16, 32, 128, 256]
   assert results["sampling_tiny_bfloat16_sweep"]["breakdown"]
   summary = (out / "summary.md").read_text()
   assert "| batch-1 latency (ms), bf16 |" in summary and "not measured" in summary  # CPU: no MFU
+
+
+@pytest.mark.parametrize("script", ["bench_sampling", "bench_train"])
+def test_a_batch_that_does_not_fit_is_recorded_and_the_run_goes_on(script, tmp_path, monkeypatch):
+  monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+  monkeypatch.setenv("PAELLA_BENCH_RESULTS", str(tmp_path))
+  import common
+  monkeypatch.setattr(common, "RESULTS", tmp_path)
+  bench = __import__(script)
+  measure = bench.measure_batch
+
+  def measure_or_run_out(*args):
+    if 4 in args:
+      raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 17 GiB")
+    return measure(*args)
+
+  monkeypatch.setattr(bench, "measure_batch", measure_or_run_out)
+  monkeypatch.setattr(sys, "argv", [script, "--batch-sizes", "4,2", "--repeats", "1"]
+                      + (["--steps", "1"] if script == "bench_train" else []))
+  bench.main()
+  name = "sampling_tiny_float32" if script == "bench_sampling" else "train_tiny_float32"
+  rows = json.loads((tmp_path / f"{name}_cpu.json").read_text())["rows"]
+  assert [row["batch"] for row in rows] == [4, 2]
+  assert rows[0]["error"] == "out of memory" and rows[1]["images_per_s"] > 0
