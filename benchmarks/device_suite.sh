@@ -9,8 +9,8 @@
 # typical filter; the bf16 batch sweep 8-256 with a per-part breakdown (the Fig. 7 plot); VQGAN;
 # the fp32 train step. A step starts only with at least 30 s of the budget left and is stopped
 # when the budget runs out; every benchmark writes its rows as it goes. After each step the
-# result files are packed into OUT_DIR/results.tar.gz (one file: unpack it into
-# benchmarks/results), the log is OUT_DIR/suite.log, the target table OUT_DIR/summary.md.
+# result files are packed into OUT_DIR/results.tar.gz (unpack it with `tar xzf ... -C benchmarks`);
+# the log is OUT_DIR/suite.log, the target table OUT_DIR/summary.md: three files in all.
 #
 # Where ml_collections is missing (configs/ need it), wheels in .carry/wheels are installed
 # first; the fixtures are read from SUITE_REFERENCE (default ../shared/reference).
@@ -27,8 +27,9 @@ typical_shapes=${SUITE_TYPICAL_SHAPES:-1024x8192,65536x8192}  # rows = images x 
 reference=${SUITE_REFERENCE:-../shared/reference}
 python=${PYTHON:-python3}
 deadline=$(( $(date +%s) + budget ))
-mkdir -p "$out/results"
-export PAELLA_BENCH_RESULTS="$out/results" PYTHONUNBUFFERED=1
+results=$(mktemp -d)/results  # outside OUT_DIR, which gets three files however many steps ran
+mkdir -p "$out" "$results"
+export PAELLA_BENCH_RESULTS="$results" PYTHONUNBUFFERED=1
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}
 log="$out/suite.log"
 
@@ -54,7 +55,7 @@ step() {  # step NAME SCRIPT ARGS...: runs benchmarks/SCRIPT within the time lef
     | tee -a "$log"
   local status=${PIPESTATUS[0]}
   echo "== $name: exit $status after $(( $(date +%s) - start )) s" | tee -a "$log"
-  tar czf "$out/results.tar.gz" -C "$out" results
+  tar czf "$out/results.tar.gz" -C "$(dirname "$results")" results
 }
 
 step numerics check_numerics.py --reference "$reference"
@@ -74,5 +75,5 @@ step "train fp32, batch 64" bench_train.py --config "$preset" --dtype float32 --
 step "vqgan fp32" bench_vqgan.py --config "$vqgan" --dtype float32 --batch-sizes 1,8,64 --repeats 3
 
 backend=$("$python" -c "import jax; print(jax.default_backend())")
-"$python" benchmarks/summary.py --backend "$backend" --results "$out/results" --preset "$preset" \
+"$python" benchmarks/summary.py --backend "$backend" --results "$results" --preset "$preset" \
   | tee "$out/summary.md"
