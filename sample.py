@@ -111,11 +111,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # ------------------------------------------------------------------------------ models
 
+def checkpoint_id(description: dict) -> str:
+  """A short hash of a model description (model.json), recorded in sidecars."""
+  return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
+
+
 class Models:
   """The token predictor, its sampling defaults, and (on first use) its CLIP and VQGAN."""
 
   def __init__(self, args):
-    from paella_jax.checkpoint import load_model, read_model_description
+    from paella_jax.checkpoint import load_model, read_model_description, recorded_path
     from paella_jax.models.paella import build_model
     import jax
     _, config, params = load_model(args.checkpoint, expected_kind="paella_v1")
@@ -123,18 +128,9 @@ class Models:
     self.meta = self.description.get("meta", {})
     self.model = build_model(config)
     self.params = jax.device_put(params)
-    self.clip_dir = self._encoder_dir(args.clip, "clip_checkpoint", args.checkpoint)
-    self.vqgan_dir = self._encoder_dir(args.vqgan, "vqgan_checkpoint", args.checkpoint)
+    self.clip_dir = args.clip or recorded_path(args.checkpoint, self.meta, "clip_checkpoint")
+    self.vqgan_dir = args.vqgan or recorded_path(args.checkpoint, self.meta, "vqgan_checkpoint")
     self._clip = self._codec = None
-
-  def _encoder_dir(self, given, key, checkpoint):
-    recorded = self.meta.get(key)
-    return given or (os.path.normpath(os.path.join(checkpoint, recorded)) if recorded else None)
-
-  def checkpoint_id(self) -> str:
-    """A short hash of the model description, recorded in sidecars."""
-    blob = json.dumps(self.description, sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
 
   def clip(self, vision: bool = False):
     from paella_jax.convert.clip import ClipEncoder, load_clip
@@ -213,8 +209,7 @@ def plan(args, models: Models, settings: dict) -> dict:
     # Every frame starts from the same noise, so that frames differ only by their embedding.
     return dict(clip=np.repeat(path, n, 0), init_tokens=np.repeat(np.asarray(noise),
                                                                   args.frames * n, 0),
-                labels=[f"frame {i}" for i in range(args.frames) for _ in range(n)],
-                columns=n)
+                labels=[f"frame {i}" for i in range(args.frames) for _ in range(n)])
   if args.command == "multi":
     emb = text_conditioning(models, args.prompt)
     size = tuple(args.latent_shape or latent)
@@ -310,7 +305,7 @@ def run(args) -> str:
   codes = np.asarray(codes)
   record = dict(command=args.command, args={k: v for k, v in vars(args).items() if k != "out"},
                 sampler=settings, sampler_version=SAMPLER_VERSION,
-                checkpoint_id=models.checkpoint_id(),
+                checkpoint_id=checkpoint_id(models.description),
                 clip_checkpoint=models.clip_dir, vqgan_checkpoint=models.vqgan_dir)
   write_outputs(args.out, codes, models, inputs, record)
   return args.out
@@ -330,10 +325,9 @@ def write_outputs(out: str, codes: np.ndarray, models: Models, inputs: dict, rec
     save_png(os.path.join(out, f"{i:04d}.png"), image)
     with open(os.path.join(out, f"{i:04d}.json"), "w") as f:
       json.dump(dict(record, index=i, label=inputs["labels"][i]), f, indent=2)
-  save_png(os.path.join(out, "grid.png"),
-           make_grid(images, columns=inputs.get("columns", record["args"]["batch_size"])))
+  columns = record["args"]["batch_size"]  # images per prompt (per frame when interpolating)
+  save_png(os.path.join(out, "grid.png"), make_grid(images, columns=columns))
   if record["command"] == "interpolate":
-    columns = inputs["columns"]
     save_gif(os.path.join(out, "interpolation.gif"), images[::columns])
   print(f"wrote {len(images)} images, grid.png and sidecars to {out}")
 
@@ -350,8 +344,7 @@ def replay(args) -> str:
     raise SystemExit(f"{args.sidecar} was made by sampler version {version}; this is version "
                      f"{SAMPLER_VERSION}, which draws other codes from the same seed, so it cannot "
                      "regenerate the image exactly (rerun the command to sample anew)")
-  description = json.dumps(read_model_description(recorded.checkpoint), sort_keys=True)
-  if hashlib.sha256(description.encode()).hexdigest()[:16] != record["checkpoint_id"]:
+  if checkpoint_id(read_model_description(recorded.checkpoint)) != record["checkpoint_id"]:
     raise SystemExit(f"{recorded.checkpoint} is not the checkpoint that made {args.sidecar} "
                      "(its model.json changed)")
   return run(recorded)

@@ -76,8 +76,6 @@ def main():
   torch.manual_seed(0)
   torch_model = modules.DenoiseUNet(num_labels=args.codes, c_hidden=args.c_hidden).eval()
   model, params = paella_v1_from_torch(torch_model.state_dict())
-  # The converter gives list-valued levels; the jit sampler needs a hashable module.
-  model = model.clone(down_levels=tuple(model.down_levels), up_levels=tuple(model.up_levels))
   params = jax.device_put(params)
   batch, size = args.batch, (args.latent, args.latent)
   clip_np = np.random.default_rng(0).standard_normal((batch, model.c_clip), dtype=np.float32)

@@ -16,17 +16,15 @@ and the draw + renoise.
 from __future__ import annotations
 
 import argparse
-import time
-from functools import partial
 
-from common import PRESETS, load_preset, parse_ints, time_calls, write_results
+from common import (PRESETS, load_preset, parse_ints, random_vqgan, time_calls,
+                    write_results)
 
 import jax
 import jax.numpy as jnp
-from flax import linen as nn
 
-from paella_jax.models.paella import build_model, count_params
-from paella_jax.models.vqgan import vqgan_from_config
+from paella_jax.hardware import out_of_memory
+from paella_jax.models.paella import build_model, count_params, init_params
 from paella_jax.noise import add_noise
 from paella_jax.sampling import draw_codes, guided_logits, sample, typical_filter
 
@@ -34,15 +32,10 @@ from paella_jax.sampling import draw_codes, guided_logits, sample, typical_filte
 def init_models(config, vqgan_config, seed: int = 0):
   """(model, params, vq or None, vq_params or None) with random weights."""
   model = build_model(config.model)
-  tokens = jnp.zeros((1, *config.latent_shape), jnp.int32)
-  params = nn.meta.unbox(jax.jit(model.init)(
-      jax.random.key(seed), tokens, jnp.zeros((1, model.c_clip)), jnp.zeros((1,)))["params"])
+  params = jax.jit(lambda key: init_params(model, key, config.latent_shape))(jax.random.key(seed))
   if vqgan_config is None:
     return model, params, None, None
-  vq = vqgan_from_config(vqgan_config.model)
-  size = vqgan_config.image_size
-  vq_params = jax.jit(partial(vq.init, method="reconstruct"))(
-      jax.random.key(seed + 1), jnp.zeros((1, size, size, 3)))["params"]
+  vq, vq_params = random_vqgan(vqgan_config, seed + 1)
   return model, params, vq, vq_params
 
 
@@ -67,17 +60,14 @@ def breakdown(model, params, batch: int, latent_shape, settings: dict, repeats: 
       "forward (cond+uncond)": lambda: forward(params, x, clip, r).block_until_ready(),
       "typical filter": lambda: filt(logits, settings["typical_mass"]).block_until_ready(),
       "draw + renoise": lambda: draw(keys[2], filtered, x).block_until_ready(),
-      "whole sampler / steps": None,
   }
-  steps = settings["steps"]
+  timings = {name: (time_calls(fn, repeats), 1) for name, fn in parts.items()}
   whole = time_calls(lambda: sample(model, params, clip, keys[2], latent_shape=latent_shape,
                                     **settings).block_until_ready(), repeats)
-  rows = []
-  for name, fn in parts.items():
-    t = whole if fn is None else time_calls(fn, repeats)
-    scale = steps if fn is None else 1
-    rows.append(dict(part=name, batch=batch, ms_per_step=1e3 * t["median_s"] / scale,
-                     min_ms_per_step=1e3 * t["min_s"] / scale, load_1min=t["load_1min"]))
+  timings["whole sampler / steps"] = (whole, settings["steps"])
+  rows = [dict(part=name, batch=batch, ms_per_step=1e3 * t["median_s"] / per,
+               min_ms_per_step=1e3 * t["min_s"] / per, load_1min=t["load_1min"])
+          for name, (t, per) in timings.items()]
   step_ms = rows[-1]["ms_per_step"]
   for row in rows:
     row["share_of_step"] = row["ms_per_step"] / step_ms
@@ -91,22 +81,19 @@ def measure_batch(model, params, batch: int, latent_shape, settings: dict, decod
   clip = jax.random.normal(jax.random.key(batch), (batch, model.c_clip))
   rng = jax.random.key(0)
   run_sampler = lambda: sample(model, params, clip, rng, latent_shape=latent_shape, **settings)
-  start = time.perf_counter()
-  tokens = run_sampler().block_until_ready()
-  first_call = time.perf_counter() - start
-  timed = {"sample": lambda: run_sampler().block_until_ready()}
-  if decode is not None:
-    timed["decode"] = lambda: decode(vq_params, tokens).block_until_ready()
-    timed["total"] = lambda: decode(vq_params, run_sampler()).block_until_ready()
   row = {}
-  for part, fn in timed.items():
-    t = time_calls(fn, repeats)
-    row[f"{part}_ms"] = 1e3 * t["median_s"]
-    row[f"{part}_min_ms"] = 1e3 * t["min_s"]
-    if part == "decode":
-      row["decode_compile_s"] = max(t["first_s"] - t["median_s"], 0.0)
-    row["load_1min"] = t["load_1min"]
-  row["sample_compile_s"] = max(first_call - row["sample_ms"] / 1e3, 0.0)
+
+  def timed(part, fn):
+    t = time_calls(fn, repeats)  # its first call compiles
+    row.update({f"{part}_ms": 1e3 * t["median_s"], f"{part}_min_ms": 1e3 * t["min_s"],
+                f"{part}_compile_s": max(t["first_s"] - t["median_s"], 0.0),
+                "load_1min": t["load_1min"]})
+
+  timed("sample", lambda: run_sampler().block_until_ready())
+  if decode is not None:
+    tokens = run_sampler()
+    timed("decode", lambda: decode(vq_params, tokens).block_until_ready())
+    timed("total", lambda: decode(vq_params, run_sampler()).block_until_ready())
   total = row.get("total_ms", row["sample_ms"])
   row.update(images_per_s=1e3 * batch / total, ms_per_image=total / batch)
   print(f"B={batch:4d}  sample {row['sample_ms']:9.1f} ms  "
@@ -152,7 +139,7 @@ def main():
       row.update(measure_batch(model, params, batch, latent_shape, settings, decode, vq_params,
                                args.repeats))
     except jax.errors.JaxRuntimeError as error:  # a batch too large for the device: a result too
-      if "RESOURCE_EXHAUSTED" not in str(error):
+      if not out_of_memory(error):
         raise
       row["error"] = "out of memory"
       print(f"B={batch:4d}  out of device memory")

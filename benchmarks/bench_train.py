@@ -17,24 +17,23 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import PRESETS, load_average, load_preset, parse_ints, time_calls, write_results
+from common import (PRESETS, load_average, load_preset, parse_ints, time_calls,
+                    write_results)
 
 import jax
 
 from paella_jax.data.arrays import random_token_arrays
-from paella_jax.hardware import chip_info
+from paella_jax.hardware import chip_info, out_of_memory
 from paella_jax.sharding import global_batch
 from paella_jax.training.partition import Trainer
 
 
-def measure_batch(args, batch_size: int, peak: float) -> dict:
+def measure_batch(args, trainer: Trainer, batch_size: int, peak: float) -> dict:
   """Compile time, FLOPs and memory of the step at one batch size, and unless --compile-only its
   time, throughput and MFU; prints a line."""
-  config, _ = load_preset(args.config, args.dtype)
-  config.train.batch_size = batch_size
-  trainer = Trainer.create(config)
+  config = trainer.config
   start = time.perf_counter()
-  step = trainer.compile()
+  step = trainer.compile(batch_size)
   compile_s = time.perf_counter() - start
   flops = step.cost_analysis().get("flops", 0.0)  # per device, one step
   memory = step.memory_analysis()
@@ -86,12 +85,13 @@ def main():
 
   device_kind = jax.devices()[0].device_kind
   peak = args.peak_flops or (chip_info(device_kind) or (0.0,))[0]
+  trainer = Trainer.create(load_preset(args.config, args.dtype)[0])
   rows = []
   for batch_size in args.batch_sizes:
     try:
-      row = measure_batch(args, batch_size, peak)
+      row = measure_batch(args, trainer, batch_size, peak)
     except jax.errors.JaxRuntimeError as error:  # a batch too large for the device: a result too
-      if "RESOURCE_EXHAUSTED" not in str(error):
+      if not out_of_memory(error):
         raise
       row = dict(config=args.config, dtype=args.dtype, batch=batch_size, error="out of memory")
       print(f"B={batch_size:4d}  out of device memory")

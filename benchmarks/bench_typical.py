@@ -20,15 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from paella_jax.sampling import _typical_filter_rows, typical_filter
+from paella_jax.sampling import _typical_filter_rows, typical_filter, typical_scores
 
 
 def argsort_filter(logits: jax.Array, mass: float) -> jax.Array:
   """The original Paella typical filter (min_tokens 1) with a stable sort."""
-  log_p = jax.nn.log_softmax(logits, axis=-1)
-  p = jnp.exp(log_p)
-  entropy = -jnp.sum(jnp.where(p > 0, log_p * p, 0.0), axis=-1, keepdims=True)
-  score = jnp.abs(-log_p - entropy)
+  score, p = typical_scores(logits)
   order = jnp.argsort(score, axis=-1, stable=True)
   sorted_score = jnp.take_along_axis(score, order, axis=-1)
   cumsum = jnp.cumsum(jnp.take_along_axis(p, order, axis=-1), axis=-1)
@@ -56,10 +53,7 @@ def kary_filter(logits: jax.Array, mass: float, arity: int) -> jax.Array:
   one read of the scores and probabilities), 16 passes at arity 4 and 8 at 16 instead of 31.
   Fewer passes over the data pays where a pass is bandwidth-bound (GPUs); on CPUs it was slower
   (docs/benchmarks.md, section 3)."""
-  log_probs = jax.nn.log_softmax(logits, axis=-1)
-  probs = jnp.exp(log_probs)
-  entropy = -jnp.sum(jnp.where(probs > 0, log_probs * probs, 0.0), axis=-1, keepdims=True)
-  score = jnp.abs(-log_probs - entropy)
+  score, probs = typical_scores(logits)
   bits = jax.lax.bitcast_convert_type(score, jnp.int32)
 
   def body(_, bounds):

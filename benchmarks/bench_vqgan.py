@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
-from functools import partial
 
-from common import parse_ints, time_calls, write_results
+from common import parse_ints, random_vqgan, time_calls, write_results
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +20,6 @@ import numpy as np
 
 from paella_jax.convert.vqgan import VQGANCodec
 from paella_jax.models.paella import count_params
-from paella_jax.models.vqgan import vqgan_from_config
 
 
 def main():
@@ -34,10 +32,8 @@ def main():
   args = parser.parse_args()
 
   config = importlib.import_module(f"configs.{args.config}").get_config()
-  vq = vqgan_from_config(config.model)
+  vq, params = random_vqgan(config)
   size = config.image_size
-  params = jax.jit(partial(vq.init, method="reconstruct"))(
-      jax.random.key(0), jnp.zeros((1, size, size, 3)))["params"]
   print(f"{args.config}: {count_params(params):,} parameters, {size}x{size}, {args.dtype}, "
         f"{jax.devices()[0].device_kind}")
   rows = []

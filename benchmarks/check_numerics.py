@@ -38,10 +38,8 @@ def nhwc(x: np.ndarray) -> np.ndarray:
   return np.asarray(x).transpose(0, 2, 3, 1)
 
 
-def paella_rows(reference: Path) -> list[dict]:
+def paella_rows(io, model, params) -> list[dict]:
   """Max abs error of the converted token predictor against the original's logits."""
-  io = np.load(reference / "paella_v1_tiny_io.npz")
-  model, params = paella_v1_from_torch(reference / "paella_v1_tiny.pt")
   inputs = {"pooled": (io["c"], io["logits"]), "spatial": (nhwc(io["c_map"]), io["logits_map"])}
   rows = []
   for dtype in ("float32", "bfloat16"):
@@ -95,10 +93,8 @@ def vqgan_rows(reference: Path) -> list[dict]:
   return rows
 
 
-def determinism_rows(reference: Path) -> list[dict]:
+def determinism_rows(io, model, params) -> list[dict]:
   """Two sampler calls with the same key: identical codes (bit-exact replay) or not."""
-  io = np.load(reference / "paella_v1_tiny_io.npz")
-  model, params = paella_v1_from_torch(reference / "paella_v1_tiny.pt")
   clip = jnp.asarray(np.repeat(io["c"], 16, axis=0))
   runs = [np.asarray(sample(model, params, clip, jax.random.key(7), latent_shape=(8, 8)))
           for _ in range(2)]
@@ -115,12 +111,13 @@ def main():
   if not (args.reference / "paella_v1_tiny.pt").is_file():
     raise SystemExit(f"reference fixtures not found in {args.reference} (--reference DIR)")
   print(f"device: {jax.devices()[0].device_kind}")
-  rows = []
-  for check in (paella_rows, typical_rows, vqgan_rows, determinism_rows):
-    for row in check(args.reference):
-      rows.append(row)
-      print("  " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                             for k, v in row.items()))
+  io = np.load(args.reference / "paella_v1_tiny_io.npz")
+  model, params = paella_v1_from_torch(args.reference / "paella_v1_tiny.pt")
+  rows = (paella_rows(io, model, params) + typical_rows(args.reference)
+          + vqgan_rows(args.reference) + determinism_rows(io, model, params))
+  for row in rows:
+    print("  " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in row.items()))
   write_results(args.name, rows)
 
 

@@ -50,6 +50,14 @@ def load_preset(name: str, dtype: str = "float32"):
   return config, vqgan_config
 
 
+def random_vqgan(vqgan_config, seed: int = 0):
+  """(module, params) of a VQGAN config with random weights (jit-initialised)."""
+  from paella_jax.models.vqgan import init_params, vqgan_from_config
+  vq = vqgan_from_config(vqgan_config.model)
+  params = jax.jit(lambda key: init_params(vq, key, vqgan_config.image_size))(jax.random.key(seed))
+  return vq, params
+
+
 def load_average() -> float:
   """The 1-minute load average (other jobs share the CPU cores)."""
   return os.getloadavg()[0]

@@ -19,7 +19,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from paella_jax.hardware import GiB, chip_info
+from paella_jax.hardware import GiB, chip_info, out_of_memory
 
 config_flags.DEFINE_config_file("config", None, "Config file (get_config()).", lock_config=False)
 flags.DEFINE_string("topology", "v5e:2x2", "TPU topology, e.g. v5e:16x16, v4:2x2x2, v5p:4x4x4.")
@@ -92,7 +92,7 @@ def compile_report(config, devices, topology: str, global_batch: int | None = No
   try:
     compiled = trainer.compile(batch)
   except jax.errors.JaxRuntimeError as e:
-    if "RESOURCE_EXHAUSTED" not in str(e):
+    if not out_of_memory(e):
       raise
     raise DoesNotFit(str(e).splitlines()[0]) from None
   memory = compiled.memory_analysis()

@@ -62,6 +62,13 @@ def read_model_description(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
     return json.load(f)
 
 
+def recorded_path(checkpoint: str | os.PathLike, meta: Mapping[str, Any], key: str) -> str | None:
+  """The path `meta[key]` records (e.g. "clip_checkpoint"), resolved against the checkpoint
+  directory when relative; None when nothing is recorded."""
+  recorded = meta.get(key)
+  return os.path.normpath(os.path.join(checkpoint, recorded)) if recorded else None
+
+
 def load_model(ckpt_dir: str | os.PathLike, expected_kind: str | None = None
                ) -> tuple[str, dict[str, Any], Any]:
   """Reads a checkpoint written by `save_model`: returns (kind, config, params as numpy)."""

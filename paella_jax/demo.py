@@ -23,7 +23,8 @@ import numpy as np
 from paella_jax.convert.clip import ClipEncoder, random_clip, save_clip
 from paella_jax.convert.vqgan import VQGANCodec
 from paella_jax.data.prepare import Preparer
-from paella_jax.data.scenes import all_scenes, make_dataset, training_scenes
+from paella_jax.data.scenes import (COLOURS, POSITIONS, SHAPES, all_scenes, make_dataset,
+                                    training_scenes)
 from paella_jax.eval.adherence import score, score_seen_and_held_out
 from paella_jax.data.sources import memory_source
 from paella_jax.images import make_grid, save_png, to_uint8
@@ -31,7 +32,8 @@ from paella_jax.sampling import sample
 from paella_jax.training.loop import train as train_paella
 from paella_jax.training.vqgan_loop import train_vqgan
 
-CHANCE = {"colour": 1 / 6, "shape": 1 / 3, "position": 1 / 4, "all": 1 / 72}
+CHANCE = {"colour": 1 / len(COLOURS), "shape": 1 / len(SHAPES), "position": 1 / len(POSITIONS),
+          "all": 1 / (len(COLOURS) * len(SHAPES) * len(POSITIONS))}
 
 
 def run(config, workdir: str = "runs/demo", progress: bool = True) -> dict:
@@ -55,7 +57,7 @@ def run(config, workdir: str = "runs/demo", progress: bool = True) -> dict:
   Preparer(codec, encoder, size=images.shape[1], crop="center", batch_size=256).run(
       memory_source(to_uint8(images), captions), data_dir, progress=progress)
   paella_cfg = config.paella
-  paella_cfg.data.update(source="records", path=data_dir)
+  paella_cfg.data.path = data_dir  # configs/demo.py reads "records"
   # The exported model names the demo's encoders, so sample.py needs no flags.
   paella_cfg.export.update(clip_checkpoint="../../clip", vqgan_checkpoint="../../vqgan/model")
   paella_dir = os.path.join(workdir, "paella")

@@ -27,3 +27,8 @@ def chip_info(device_kind: str) -> tuple[float, int] | None:
     if key.lower() in device_kind.lower():
       return flops, hbm
   return None
+
+
+def out_of_memory(error: Exception) -> bool:
+  """Whether a JAX runtime error is the device running out of memory (XLA's RESOURCE_EXHAUSTED)."""
+  return "RESOURCE_EXHAUSTED" in str(error)

@@ -51,13 +51,18 @@ def _typical_threshold(score: jax.Array, probs: jax.Array, mass: jax.Array) -> j
   return jax.lax.bitcast_convert_type(hi, jnp.float32)
 
 
-def _typical_filter_rows(logits: jax.Array, mass: jax.Array, min_tokens: int) -> jax.Array:
-  """`typical_filter` on (..., V) float32 logits, every row at once."""
+def typical_scores(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(score, p) of typical filtering, both (..., V): score = |-log p - H(p)|, p = softmax."""
   log_probs = jax.nn.log_softmax(logits, axis=-1)
   probs = jnp.exp(log_probs)
   # nansum: codes with p = 0 (logit -inf) contribute nothing to the entropy.
   entropy = -jnp.sum(jnp.where(probs > 0, log_probs * probs, 0.0), axis=-1, keepdims=True)
-  score = jnp.abs(-log_probs - entropy)
+  return jnp.abs(-log_probs - entropy), probs
+
+
+def _typical_filter_rows(logits: jax.Array, mass: jax.Array, min_tokens: int) -> jax.Array:
+  """`typical_filter` on (..., V) float32 logits, every row at once."""
+  score, probs = typical_scores(logits)
   remove = score > _typical_threshold(score, probs, mass)
   if min_tokens > 1:
     # lax.top_k breaks ties towards the lower index, like a stable ascending sort.
@@ -137,8 +142,19 @@ def guided_logits(model, params, x: jax.Array, clip: jax.Array, r: jax.Array,
   """
   if cfg is None:
     return model.apply({"params": params}, x, clip, r)
-  both = model.apply({"params": params}, jnp.concatenate([x, x]),
-                     jnp.concatenate([clip, jnp.zeros_like(clip)]), jnp.concatenate([r, r]))
+  return _guided(model, params, x, _with_zero_conditioning(clip), r, cfg)
+
+
+def _with_zero_conditioning(clip: jax.Array) -> jax.Array:
+  """(B, ...) -> (2B, ...): the conditioning, then zeros (the unconditional half)."""
+  return jnp.concatenate([clip, jnp.zeros_like(clip)])
+
+
+def _guided(model, params, x: jax.Array, clip_pair: jax.Array, r: jax.Array,
+            cfg: jax.Array) -> jax.Array:
+  """`guided_logits` given clip_pair = `_with_zero_conditioning(clip)`."""
+  both = model.apply({"params": params}, jnp.concatenate([x, x]), clip_pair,
+                     jnp.concatenate([r, r]))
   cond, uncond = jnp.split(both, 2)
   return uncond + cfg * (cond - uncond)
 
@@ -154,16 +170,19 @@ def _sample_loop(model, params, clip, rng, init_tokens, init_noise_mask, mask, s
   noise = jax.random.randint(noise_rng, init_tokens.shape, 0, model.num_labels, jnp.int32)
   init_x = jnp.where(init_noise_mask, noise, init_tokens)
   regenerate = mask.astype(bool)
+  clip_pair = _with_zero_conditioning(clip) if use_cfg else None  # built once, not per step
 
   def step(i, x):
     step_rng = jax.random.fold_in(rng, i)
     sample_rng, renoise_rng = jax.random.split(step_rng)
     r = jnp.full((batch,), i / steps, jnp.float32)
-    logits = guided_logits(model, params, x, clip, r, cfg if use_cfg else None)
+    if use_cfg:
+      logits = _guided(model, params, x, clip_pair, r, cfg)
+    else:
+      logits = model.apply({"params": params}, x, clip, r)
     if use_typical:
       logits = typical_filter(logits, typical_mass, typical_min_tokens)
-    temperature = jnp.maximum(temperatures[i], 1e-10)
-    new_x = draw_codes(sample_rng, logits / temperature)
+    new_x = draw_codes(sample_rng, logits / temperatures[i])
     new_x = jnp.where(regenerate, new_x, init_x)
     noise_source = {"start": init_x, "prev": x, "rand": None}[renoise_mode]
     r_next = jnp.full((batch,), (i + 1) / steps, jnp.float32)
@@ -247,7 +266,8 @@ def sample(model, params, clip, rng, steps: int = 8, cfg: float | None = 5.0,
   factor = 2 ** (len(model.down_levels) - 1)
   if shape[1] % factor or shape[2] % factor:
     raise ValueError(f"latent size {shape[1:]} must be divisible by {factor}")
-  temperatures = jnp.linspace(temperature[0], temperature[1], steps, dtype=jnp.float32)
+  temperatures = jnp.maximum(  # a temperature of 0 means the argmax
+      jnp.linspace(temperature[0], temperature[1], steps, dtype=jnp.float32), 1e-10)
   return _sample_loop(
       model, params, clip, rng, init_tokens, init_noise_mask, mask,
       jnp.asarray(start_step, jnp.int32), jnp.asarray(cfg if cfg is not None else 0.0, jnp.float32),

@@ -21,7 +21,7 @@ import numpy as np
 from paella_jax.checkpoint import save_model
 from paella_jax.convert.torch_io import (CheckpointMismatchError, check_state_dict,
                                          load_torch_file, to_numpy_state_dict)
-from paella_jax.models.paella import DenoiseUNet, build_model
+from paella_jax.models.paella import DenoiseUNet, build_model, init_params
 
 KIND = "paella_v1"
 
@@ -153,13 +153,10 @@ def paella_v1_from_torch(path_or_state_dict, c_r: int = 64, dtype=jnp.float32
 def _flax_shapes(model: DenoiseUNet) -> dict[tuple[str, ...], tuple[int, ...]]:
   """Shapes of the model's params by path, from an abstract (eval_shape) initialisation."""
   import jax
-  from flax import linen as nn
   from flax.traverse_util import flatten_dict
   factor = 2 ** len(model.down_levels)  # the smallest latent the model accepts
-  abstract = jax.eval_shape(model.init, jax.random.key(0),
-                            jnp.zeros((1, factor, factor), jnp.int32),
-                            jnp.zeros((1, model.c_clip)), jnp.zeros((1,)))
-  return {k: tuple(v.shape) for k, v in flatten_dict(nn.meta.unbox(abstract["params"])).items()}
+  abstract = jax.eval_shape(lambda: init_params(model, jax.random.key(0), (factor, factor)))
+  return {k: tuple(v.shape) for k, v in flatten_dict(abstract).items()}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -30,8 +30,8 @@ import numpy as np
 from paella_jax.convert.torch_io import (CheckpointMismatchError, check_state_dict,
                                          load_torch_file, to_numpy_state_dict)
 from paella_jax import checkpoint
-from paella_jax.models.vqgan import (PaellaVQ, VQGAN, check_codes, check_images, vqgan_config,
-                                     vqgan_from_config)
+from paella_jax.models.vqgan import (PaellaVQ, VQGAN, check_codes, check_images, init_params,
+                                     vqgan_config, vqgan_from_config)
 from paella_jax.sharding import data_parallel
 
 KIND = "vqgan"
@@ -100,9 +100,7 @@ def _expected_torch_layout(params_shape: Any) -> dict[str, tuple[tuple[str, ...]
 
 def _params_from_state_dict(module, state_dict: Mapping[str, np.ndarray], what: str) -> dict:
   """Checks `state_dict` against `module`'s parameters and returns them as a Flax tree."""
-  image = jnp.zeros((1, module.factor, module.factor, module.in_channels), jnp.float32)
-  shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), image,
-                                              method="reconstruct"))["params"]
+  shapes = jax.eval_shape(lambda: init_params(module, jax.random.PRNGKey(0), module.factor))
   layout = _expected_torch_layout(shapes)
   check_state_dict(state_dict, {k: v[2] for k, v in layout.items()}, what)
   params: dict = {}

@@ -97,6 +97,15 @@ def resize_crop(image: np.ndarray, size: int, crop: str = "random",
   return image[top:top + size, left:left + size]
 
 
+def decode_example(example, size: int, crop: str, min_size: int,
+                   rng: np.random.Generator | None = None) -> tuple[np.ndarray, str]:
+  """A raw example (`.image` bytes or array, `.caption`) -> ((size, size, 3) uint8 crop,
+  caption). Raises BadInput naming what is unusable; the caption is checked first."""
+  caption = decode_caption(example.caption)
+  image = decode_image(example.image, min_size)
+  return resize_crop(image, size, crop, rng), caption
+
+
 def example_rng(seed: int, key: str) -> np.random.Generator:
   """A generator fixed by (seed, example key): crops are the same on every run and resume."""
   return np.random.default_rng([seed, zlib.crc32(key.encode("utf-8"))])

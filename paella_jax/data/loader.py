@@ -23,7 +23,7 @@ from typing import Iterator
 import grain.python as pg
 import numpy as np
 
-from paella_jax.data.decode import BadInput, decode_caption, decode_image, resize_crop
+from paella_jax.data.decode import BadInput, decode_example
 from paella_jax.data.records import read_manifest, record_format, record_paths
 from paella_jax.data.sources import Source
 
@@ -139,12 +139,11 @@ class _DecodeCrop(pg.RandomMapTransform):
 
   def random_map(self, example, rng: np.random.Generator):
     try:
-      caption = decode_caption(example.caption)
-      image = decode_image(example.image, self.min_size)
+      image, caption = decode_example(example, self.size, self.crop, self.min_size, rng)
     except BadInput as e:
       log.info("skipped %s: %s", example.key, e)
       return None
-    return {"image": resize_crop(image, self.size, self.crop, rng), "caption": caption}
+    return {"image": image, "caption": caption}
 
 
 class _Usable(pg.FilterTransform):

@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from paella_jax.data.decode import BadInput, decode_caption, decode_image, example_rng, resize_crop
+from paella_jax.data.decode import BadInput, decode_example, example_rng
 from paella_jax.data.records import (FORMAT, MANIFEST, RecordFormat, merge_summaries, write_json,
                                      write_shard)
 from paella_jax.data.sources import Shard, Source, open_source
@@ -73,9 +73,9 @@ class Preparer:
     try:
       example = shard[i]
       key = example.key
-      caption = decode_caption(example.caption)
-      image = decode_image(example.image, self.min_size)
-      return key, resize_crop(image, self.size, self.crop, example_rng(self.seed, key)), caption
+      image, caption = decode_example(example, self.size, self.crop, self.min_size,
+                                      example_rng(self.seed, key))
+      return key, image, caption
     except BadInput as e:
       return key, e
     except OSError as e:  # a file that vanished or cannot be read

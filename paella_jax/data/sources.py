@@ -74,6 +74,20 @@ class Source:
   shards: list[Shard]
 
 
+def _chunked(prefix: str, n: int, shard_size: int,
+             example: Callable[[int], Callable[[], RawExample]]) -> list[Shard]:
+  """Examples 0..n-1 as shards PREFIX-00000, ... of `shard_size`, each listed on first use."""
+  return [Shard(f"{prefix}-{lo // shard_size:05d}",
+                lambda lo=lo: [example(j) for j in range(lo, min(lo + shard_size, n))])
+          for lo in range(0, n, shard_size)]
+
+
+def _image_and_caption(found: dict[str, Any]) -> tuple[Any, Any]:
+  """The image (first of IMAGE_EXTS) and caption (.txt, else .json) among one stem's files."""
+  return (next((found[e] for e in IMAGE_EXTS if e in found), None),
+          found.get("txt") or found.get("json"))
+
+
 # ------------------------------------------------------------------------------------- folder
 
 def _read(path: str) -> bytes | None:
@@ -99,10 +113,7 @@ def _scan_folder(root: str) -> list[tuple[str, str | None, str | None]]:
         stems.setdefault(key, {})[ext.lower()] = os.path.join(directory, name)
   out = []
   for key in sorted(stems):
-    found = stems[key]
-    image = next((found[e] for e in IMAGE_EXTS if e in found), None)
-    caption = found.get("txt") or found.get("json")
-    out.append((key, image, caption))
+    out.append((key, *_image_and_caption(stems[key])))
   return out
 
 
@@ -155,10 +166,8 @@ def folder_source(path: str, shard_size: int = 10_000, path_column: str | None =
     raise FileNotFoundError(f"folder source not found: {path}")
   if not entries:
     raise ValueError(f"no images or captions found in {path}")
-  shards = [Shard(f"folder-{i // shard_size:05d}",
-                  lambda chunk=entries[i:i + shard_size]: chunk)
-            for i in range(0, len(entries), shard_size)]
-  return Source("folder", os.path.abspath(path), shards)
+  return Source("folder", os.path.abspath(path),
+                _chunked("folder", len(entries), shard_size, entries.__getitem__))
 
 
 # ---------------------------------------------------------------------------------------- tar
@@ -220,8 +229,7 @@ def index_tar(path: str) -> list[Callable[[], RawExample]]:
   name = os.path.basename(path)
 
   def example(key, found):
-    image = next((found[e] for e in IMAGE_EXTS if e in found), None)
-    caption = found.get("txt") or found.get("json")
+    image, caption = _image_and_caption(found)
     return lambda: RawExample(f"{name}/{key}", _pread(path, *image) if image else None,
                               _pread(path, *caption) if caption else None)
   return [example(key, groups[key]) for key in sorted(groups)]
@@ -267,11 +275,8 @@ def tfds_source(name: str, split: str = "train", data_dir: str | None = None,
       record = data_source[i]
       return RawExample(f"{name}/{split}/{i}", get(record, image_key), get(record, caption_key))
     return read
-  n = len(data_source)
-  shards = [Shard(f"tfds-{i // shard_size:05d}",
-                  lambda lo=i: [example(j) for j in range(lo, min(lo + shard_size, n))])
-            for i in range(0, n, shard_size)]
-  return Source("tfds", f"{name}:{split}", shards)
+  return Source("tfds", f"{name}:{split}",
+                _chunked("tfds", len(data_source), shard_size, example))
 
 
 # ------------------------------------------------------------------------------------- memory
@@ -285,10 +290,7 @@ def memory_source(images: np.ndarray, captions: Sequence[str], shard_size: int =
 
   def example(i):
     return lambda: RawExample(f"{name}/{i}", images[i], captions[i])
-  shards = [Shard(f"{name}-{i // shard_size:05d}",
-                  lambda lo=i: [example(j) for j in range(lo, min(lo + shard_size, n))])
-            for i in range(0, n, shard_size)]
-  return Source("memory", f"{n} in-memory images", shards)
+  return Source("memory", f"{n} in-memory images", _chunked(name, n, shard_size, example))
 
 
 # ------------------------------------------------------------------------------------- choose

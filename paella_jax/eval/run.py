@@ -24,6 +24,7 @@ import numpy as np
 
 from paella_jax.data.scenes import IMAGE_SIZE
 from paella_jax.eval.adherence import score_seen_and_held_out
+from paella_jax.images import to_uint8
 
 DEMO_SAMPLES = 288            # 4 per prompt, as the demo's own evaluation
 DEFAULT_SAMPLES = 30000       # the paper's zero-shot COCO FID
@@ -60,7 +61,8 @@ def parse_args(argv=None):
 
 
 def _recorded(given: str | None, meta: dict, key: str, checkpoint: str, what: str) -> str:
-  path = given or (meta.get(key) and os.path.join(checkpoint, meta[key]))
+  from paella_jax.checkpoint import recorded_path
+  path = given or recorded_path(checkpoint, meta, key)
   if not path:
     raise SystemExit(f"{checkpoint} records no {key}: pass --{what}")
   return path
@@ -94,7 +96,6 @@ class Generator:
          if k in ("steps", "typical_mass", "typical_min_tokens", "temperature", "renoise_mode")}
     s.update({k: v for k, v in (("steps", args.steps), ("typical_mass", args.typical_mass))
               if v is not None})
-    s.pop("cfg", None)
     self.settings = dict(s, latent_shape=list(meta.get("latent_shape", [32, 32])))
     self.key = jax.random.key(args.seed)
 
@@ -112,7 +113,7 @@ class Generator:
     codes = sample(self.model, self.params, emb, jax.random.fold_in(self.key, index),
                    cfg=cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()})
     images = self.codec.decode(np.asarray(codes))[:len(captions)]
-    return np.round(np.clip(images, 0, 1) * 255) / 255
+    return to_uint8(images).astype(np.float32) / 255
 
 
 def inception_id(module, params) -> str:

@@ -282,6 +282,15 @@ class DenoiseUNet(nn.Module):
     return logits.astype(jnp.float32)
 
 
+def init_params(model: DenoiseUNet, rng: jax.Array, latent_shape: Sequence[int],
+                unbox: bool = True) -> dict:
+  """Fresh parameters, initialised on a (1, h, w) zero token map with pooled conditioning.
+  With unbox=False they keep their logical axis names (for `nn.get_partition_spec`)."""
+  params = model.init(rng, jnp.zeros((1, *latent_shape), jnp.int32), jnp.zeros((1, model.c_clip)),
+                      jnp.zeros((1,)))["params"]
+  return nn.meta.unbox(params) if unbox else params
+
+
 def count_params(params) -> int:
   """Total number of parameters of a (possibly boxed) parameter tree."""
   return sum(math.prod(x.shape) for x in jax.tree.leaves(nn.meta.unbox(params)))

@@ -622,6 +622,13 @@ class ConvTranspose4x4(nn.Module):
     return y + bias.astype(self.dtype)
 
 
+def init_params(module: nn.Module, rng: jax.Array, image_size: int) -> dict:
+  """Fresh parameters of a VQGAN/PaellaVQ, initialised on one (1, size, size, C) zero image
+  (any size divisible by the factor gives the same shapes)."""
+  images = jnp.zeros((1, image_size, image_size, module.in_channels), jnp.float32)
+  return module.init(rng, images, method="reconstruct")["params"]
+
+
 # ----------------------------------------------------------------------------------------------
 # Config dicts (what converted checkpoints store in model.json)
 

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 from flax import linen as nn
 
+from paella_jax.models.paella import init_params
 from paella_jax.noise import add_noise
 
 
@@ -57,10 +58,7 @@ def init_state(model: nn.Module, optimizer: optax.GradientTransformation, rng: j
   """A fresh TrainState. With unbox=False the parameter-shaped leaves (params, optimizer
   moments, EMA) stay boxed with their logical axis names, for `nn.get_partition_spec`."""
   init_rng, rng = jax.random.split(rng)
-  tokens = jnp.zeros((1, *latent_shape), jnp.int32)
-  params = model.init(init_rng, tokens, jnp.zeros((1, model.c_clip)), jnp.zeros((1,)))["params"]
-  if unbox:
-    params = nn.meta.unbox(params)
+  params = init_params(model, init_rng, latent_shape, unbox)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=optimizer.init(params), rng=rng,
                     ema_params=jax.tree.map(jnp.copy, params) if ema else None)

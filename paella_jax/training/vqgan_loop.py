@@ -38,11 +38,10 @@ def train_vqgan(config, images: np.ndarray, workdir: str, progress: bool = True)
   model = vqgan_from_config(config.model)
   images = np.asarray(images, np.float32)
   check_images(images, model.factor, model.in_channels)
-  state = steps.init_state(model, cfg, jax.random.key(cfg.seed), images.shape[1:3])
+  init = lambda: steps.init_state(model, cfg, jax.random.key(cfg.seed), images.shape[1:3])
   manager = checkpoint_manager(workdir, config)
-  restored = restore_checkpoint(manager, jax.eval_shape(lambda: state))
-  if restored is not None:
-    state = restored[0]
+  restored = restore_checkpoint(manager, jax.eval_shape(init))  # a fresh state only if none
+  state = restored[0] if restored is not None else init()
   step_fn = jax.jit(steps.make_train_step(model, cfg), donate_argnums=0)
   writer = MetricWriter(workdir)
   start, total = int(state.step), cfg.total_steps
