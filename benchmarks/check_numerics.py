@@ -11,7 +11,7 @@ reduction orders). This reports, on whatever device JAX runs on:
   - whether the sampler gives the same codes twice for the same key (what `sample.py replay`
     relies on).
 It needs torch (to read the fixtures' checkpoints) and the fixtures (`--reference`, default
-../shared/reference beside the repository).
+tests/fixtures).
 
   python benchmarks/check_numerics.py
 """
@@ -105,7 +105,7 @@ def determinism_rows(io, model, params) -> list[dict]:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--reference", type=Path, default=ROOT.parent / "shared" / "reference")
+  parser.add_argument("--reference", type=Path, default=ROOT / "tests" / "fixtures")
   parser.add_argument("--name", default="numerics")
   args = parser.parse_args()
   if not (args.reference / "paella_v1_tiny.pt").is_file():

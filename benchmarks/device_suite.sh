@@ -13,7 +13,7 @@
 # the log is OUT_DIR/suite.log, the target table OUT_DIR/summary.md: three files in all.
 #
 # Where ml_collections is missing (configs/ need it), wheels in .carry/wheels are installed
-# first; the fixtures are read from SUITE_REFERENCE (default ../shared/reference).
+# first; the fixtures are read from SUITE_REFERENCE (default tests/fixtures).
 # A dry run on a CPU (what tests/test_benchmarks.py runs):
 #   SUITE_PRESET=tiny SUITE_VQGAN=vqgan_tiny SUITE_TYPICAL_SHAPES=256x1024 \
 #     bash benchmarks/device_suite.sh 300 /tmp/suite
@@ -24,7 +24,7 @@ out=${2:-${OUT:-/tmp/paella_suite}}
 preset=${SUITE_PRESET:-paella_v1}
 vqgan=${SUITE_VQGAN:-vqgan_sber_f8}
 typical_shapes=${SUITE_TYPICAL_SHAPES:-1024x8192,65536x8192}  # rows = images x 1024 tokens
-reference=${SUITE_REFERENCE:-../shared/reference}
+reference=${SUITE_REFERENCE:-tests/fixtures}
 python=${PYTHON:-python3}
 deadline=$(( $(date +%s) + budget ))
 results=$(mktemp -d)/results  # outside OUT_DIR, which gets three files however many steps ran

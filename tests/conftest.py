@@ -5,14 +5,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-REFERENCE = ROOT.parent / "shared" / "reference"
+FIXTURES = ROOT / "tests" / "fixtures"  # outputs of the original PyTorch code (see its README)
 
 
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
-  if not REFERENCE.is_dir():
-    pytest.fail(f"reference fixtures not found at {REFERENCE} (shared/ must sit beside the repo)")
-  return REFERENCE
+  return FIXTURES
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import tarfile
 import jax
 import pytest
 
-from tests.conftest import REFERENCE, ROOT
+from tests.conftest import FIXTURES, ROOT
 
 STEPS = 10
 RESULT_FILES = ("numerics", "sampling_tiny_bfloat16", "sampling_tiny_float32",
@@ -26,7 +26,7 @@ RESULT_FILES = ("numerics", "sampling_tiny_bfloat16", "sampling_tiny_float32",
 def test_device_suite_dry_run_on_cpu(tmp_path):
   out = tmp_path / "suite"
   env = dict(os.environ, JAX_PLATFORMS="cpu", SUITE_PRESET="tiny", SUITE_VQGAN="vqgan_tiny",
-             SUITE_TYPICAL_SHAPES="256x1024", SUITE_REFERENCE=str(REFERENCE), PYTHON="python3")
+             SUITE_TYPICAL_SHAPES="256x1024", SUITE_REFERENCE=str(FIXTURES), PYTHON="python3")
   # A budget no step reaches on a loaded CPU either (about 3 minutes alone on 2 cores).
   subprocess.run(["bash", "benchmarks/device_suite.sh", "1800", str(out)], cwd=ROOT, env=env,
                  check=True, timeout=2400)

@@ -18,7 +18,7 @@ TOL = 1e-4
 
 
 def reference_dir() -> Path:
-  return Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+  return Path(__file__).resolve().parent / "fixtures"
 
 
 def randomize(model, seed: int, scale: float = 0.2):
