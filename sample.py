@@ -133,7 +133,7 @@ class Models:
     self._clip = self._codec = None
 
   def clip(self, vision: bool = False):
-    from paella_jax.convert.clip import ClipEncoder, load_clip
+    from paella_jax.encoders.clip import ClipEncoder, load_clip
     if not self.clip_dir:
       raise SystemExit("this needs a CLIP encoder: pass --clip CKPT_DIR")
     if self._clip is None or (vision and self._clip.model.config.vision is None):
@@ -141,7 +141,7 @@ class Models:
     return self._clip
 
   def codec(self):
-    from paella_jax.convert.vqgan import VQGANCodec, load_vqgan
+    from paella_jax.encoders.vq import VQGANCodec, load_vqgan
     if not self.vqgan_dir:
       raise SystemExit("this needs a VQGAN: pass --vqgan CKPT_DIR")
     if self._codec is None:

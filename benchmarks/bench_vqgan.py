@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from paella_jax.convert.vqgan import VQGANCodec
+from paella_jax.encoders.vq import VQGANCodec
 from paella_jax.models.paella import count_params
 
 

@@ -20,8 +20,8 @@ import time
 import jax
 import numpy as np
 
-from paella_jax.convert.clip import ClipEncoder, random_clip, save_clip
-from paella_jax.convert.vqgan import VQGANCodec
+from paella_jax.encoders.clip import ClipEncoder, random_clip, save_clip
+from paella_jax.encoders.vq import VQGANCodec
 from paella_jax.data.prepare import Preparer
 from paella_jax.data.scenes import (COLOURS, POSITIONS, SHAPES, all_scenes, make_dataset,
                                     training_scenes)

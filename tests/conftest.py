@@ -22,8 +22,8 @@ def tiny_checkpoints(tmp_path_factory) -> Path:
   from flax import linen as nn
   from configs import clip_tiny, tiny, vqgan_tiny
   from paella_jax.checkpoint import save_model
-  from paella_jax.convert.clip import random_clip, save_clip
-  from paella_jax.convert.vqgan import save_vqgan
+  from paella_jax.encoders.clip import random_clip, save_clip
+  from paella_jax.encoders.vq import save_vqgan
   from paella_jax.models.paella import build_model
   from paella_jax.models.vqgan import vqgan_from_config
   root = tmp_path_factory.mktemp("tiny_checkpoints")

@@ -94,9 +94,9 @@ def tiny_encoders(batch_size: int = 8):
   import jax
   import jax.numpy as jnp
   from configs import clip_tiny, vqgan_tiny
-  from paella_jax.convert.clip import ClipConfig, ClipEncoder, init_params
-  from paella_jax.convert.vqgan import VQGANCodec
-  from paella_jax.models.clip import CLIP
+  from paella_jax.encoders.clip import ClipEncoder
+  from paella_jax.encoders.vq import VQGANCodec
+  from paella_jax.models.clip import CLIP, ClipConfig, init_params
   from paella_jax.models.vqgan import vqgan_from_config
   from paella_jax.tokenizer import ClipTokenizer
   vq = vqgan_from_config(vqgan_tiny.get_config().model)

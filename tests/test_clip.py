@@ -19,8 +19,8 @@ import torch
 import transformers
 
 from paella_jax.convert import __main__ as convert_cli
-from paella_jax.convert.clip import (ClipEncoder, _config_from_hf, clip_from_pretrained,
-                                     load_clip, open_clip_config, random_clip, save_clip)
+from paella_jax.convert.clip import _config_from_hf, clip_from_pretrained, open_clip_config
+from paella_jax.encoders.clip import ClipEncoder, load_clip, random_clip, save_clip
 from paella_jax.convert.torch_io import CheckpointMismatchError
 from paella_jax.models.clip import CLIP, CLIP_MEAN, CLIP_STD, ClipConfig, preprocess_images
 

@@ -222,8 +222,8 @@ def test_on_the_fly_batches_resume_exactly(raw, encoders):
 
 
 def test_cli(raw, encoders, tmp_path, capsys):
-  from paella_jax.convert.clip import save_clip
-  from paella_jax.convert.vqgan import save_vqgan
+  from paella_jax.encoders.clip import save_clip
+  from paella_jax.encoders.vq import save_vqgan
   from paella_jax.data.prepare import main
   codec, encoder = encoders
   save_vqgan(str(tmp_path / "vqgan"), codec.module, codec.params)
@@ -286,8 +286,8 @@ def test_tfds_by_name_without_tensorflow(encoders, tmp_path):
 def test_training_config_sources(raw, encoders, tmp_path):
   """configs/tiny.py's model fits the tiny encoders: data.source "records" and "images"."""
   from configs import tiny
-  from paella_jax.convert.clip import save_clip
-  from paella_jax.convert.vqgan import save_vqgan
+  from paella_jax.encoders.clip import save_clip
+  from paella_jax.encoders.vq import save_vqgan
   from paella_jax.data.loader import batcher_from_config
   codec, encoder = encoders
   Preparer(codec, encoder, size=SIZE, batch_size=8, threads=2).run(

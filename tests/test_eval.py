@@ -62,7 +62,7 @@ def test_gaussian_stats_stream_equals_numpy(tmp_path):
 
 
 def test_clip_score_is_100_x_clamped_cosine(tiny_checkpoints):
-  from paella_jax.convert.clip import ClipEncoder, load_clip
+  from paella_jax.encoders.clip import ClipEncoder, load_clip
   from paella_jax.eval.clip_score import ClipScorer
   from paella_jax.models.clip import preprocess_images
   model, params, tokenizer = load_clip(tiny_checkpoints / "clip")
@@ -132,7 +132,7 @@ def test_tfds_coco_captions_layout():
 def eval_checkpoints(tiny_checkpoints, tmp_path_factory):
   """The tiny checkpoints, a copy marked as the demo's (random CLIP), and a random Inception
   that reads 75x75 inputs (cheap on a CPU; the real one resizes to 299)."""
-  from paella_jax.convert.inception import save_inception
+  from paella_jax.encoders.inception import save_inception
   from paella_jax.models.inception import InceptionV3
   root = tmp_path_factory.mktemp("eval")
   demo = root / "demo"

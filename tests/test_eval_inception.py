@@ -13,8 +13,8 @@ import pytest
 torch = pytest.importorskip("torch")
 nn, F = torch.nn, torch.nn.functional
 
-from paella_jax.convert.inception import (inception_from_torch, load_inception,  # noqa: E402
-                                          save_inception)
+from paella_jax.convert.inception import inception_from_torch  # noqa: E402
+from paella_jax.encoders.inception import load_inception, save_inception  # noqa: E402
 from paella_jax.convert.torch_io import CheckpointMismatchError  # noqa: E402
 from paella_jax.models.inception import InceptionV3, resize_bilinear  # noqa: E402
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from paella_jax.convert.torch_io import CheckpointMismatchError
-from paella_jax.convert.vqgan import VQGANCodec, load_vqgan, vqgan_from_torch
+from paella_jax.convert.vqgan import vqgan_from_torch
+from paella_jax.encoders.vq import VQGANCodec, load_vqgan
 from paella_jax.models.vqgan import VQGAN, vqgan_config, vqgan_from_config
 
 torch = pytest.importorskip("torch")

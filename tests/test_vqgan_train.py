@@ -70,7 +70,7 @@ def test_gumbel_training_needs_a_key():
 
 
 def test_stage1_loop_checkpoints_resume_exactly_and_export(tmp_path):
-  from paella_jax.convert.vqgan import load_vqgan
+  from paella_jax.encoders.vq import load_vqgan
   from paella_jax.training.vqgan_loop import train_vqgan
   images = make_dataset(32, seed=3, size=16)[0]
 

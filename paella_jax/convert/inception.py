@@ -20,11 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from paella_jax import checkpoint
+from paella_jax.encoders.inception import save_inception
 from paella_jax.convert.torch_io import check_state_dict, load_torch_file, to_numpy_state_dict
 from paella_jax.models.inception import InceptionV3
 
-KIND = "inception_fid"
 BN_EPS = 1e-3
 _IGNORED = re.compile(r"^fc\.|\.num_batches_tracked$")
 
@@ -69,19 +68,6 @@ def inception_from_torch(source, resize_to: int | None = 299) -> tuple[Inception
   else:
     state_dict, what = load_torch_file(source), os.path.basename(os.fspath(source))
   return InceptionV3(resize_to=resize_to), params_from_state_dict(state_dict, what)
-
-
-def save_inception(out_dir: str | os.PathLike, module: InceptionV3, params: Any,
-                   meta: Mapping[str, Any] | None = None, overwrite: bool = False) -> str:
-  """Writes a checkpoint directory that `load_inception` reads."""
-  return checkpoint.save_model(out_dir, params, kind=KIND, config={"resize_to": module.resize_to},
-                               meta=meta, overwrite=overwrite)
-
-
-def load_inception(ckpt_dir: str | os.PathLike) -> tuple[InceptionV3, dict]:
-  """Reads a directory written by `save_inception` or the converter CLI: (module, params)."""
-  _, config, params = checkpoint.load_model(ckpt_dir, expected_kind=KIND)
-  return InceptionV3(**config), jax.tree.map(jnp.asarray, params)
 
 
 # ----------------------------------------------------------------------------------------------

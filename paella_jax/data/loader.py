@@ -183,8 +183,8 @@ def batcher_from_config(config, state: dict | None = None, rows: slice | None = 
     batcher.check(config.latent_shape, m.num_labels, m.c_clip)
     return batcher
   if d.source == "images":
-    from paella_jax.convert.clip import ClipEncoder, load_clip
-    from paella_jax.convert.vqgan import VQGANCodec, load_vqgan
+    from paella_jax.encoders.clip import ClipEncoder, load_clip
+    from paella_jax.encoders.vq import VQGANCodec, load_vqgan
     from paella_jax.data.sources import open_source
     rows_ = rows or slice(0, t.batch_size)
     vq, vq_params = load_vqgan(d.vqgan)

@@ -232,8 +232,9 @@ def main(argv=None) -> None:
   logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
   import jax
   import jax.numpy as jnp
-  from paella_jax.convert.clip import ClipEncoder, load_clip
-  from paella_jax.convert.vqgan import VQGANCodec, load_vqgan, vqgan_config
+  from paella_jax.encoders.clip import ClipEncoder, load_clip
+  from paella_jax.encoders.vq import VQGANCodec, load_vqgan
+  from paella_jax.models.vqgan import vqgan_config
   if args.distributed:
     jax.distributed.initialize()
   source = open_source(args.source, args.shard_size, args.split, args.data_dir, args.image_key,

@@ -13,7 +13,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from paella_jax.convert.clip import ClipEncoder
+from paella_jax.encoders.clip import ClipEncoder
 from paella_jax.models.clip import preprocess_images
 
 

@@ -81,8 +81,8 @@ class Generator:
   def __init__(self, args, model, params, meta: dict, clip_dir: str, vqgan_dir: str):
     import jax
     from jax.sharding import NamedSharding, PartitionSpec as P
-    from paella_jax.convert.clip import ClipEncoder, load_clip
-    from paella_jax.convert.vqgan import VQGANCodec, load_vqgan
+    from paella_jax.encoders.clip import ClipEncoder, load_clip
+    from paella_jax.encoders.vq import VQGANCodec, load_vqgan
     from paella_jax.sharding import local_data_mesh
     mesh = local_data_mesh()
     self.devices = mesh.shape["data"]
@@ -166,14 +166,14 @@ def evaluate(args) -> dict:
 
   features = reference = scorer = None
   if args.inception:
-    from paella_jax.convert.inception import load_inception
+    from paella_jax.encoders.inception import load_inception
     from paella_jax.eval.fid import inception_features
     inception, inception_params = load_inception(args.inception)
     features = inception_features(inception, inception_params, gen.batch_size)
     reference = reference_stats(args, data, features, gen.image_size,
                                 inception_id(inception, inception_params))
   if args.clip_score_model:
-    from paella_jax.convert.clip import ClipEncoder, load_clip
+    from paella_jax.encoders.clip import ClipEncoder, load_clip
     from paella_jax.eval.clip_score import ClipScorer
     scorer = ClipScorer(ClipEncoder(*load_clip(args.clip_score_model),
                                     batch_size=gen.batch_size))

@@ -19,6 +19,7 @@ matrix products. Layer norms, the attention softmax and the residual stream stay
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -302,3 +303,15 @@ def preprocess_images(images, size: int):
   top, left = (new_h - size) // 2, (new_w - size) // 2
   images = jnp.clip(images[:, top:top + size, left:left + size], 0.0, 1.0)
   return (images - np.asarray(CLIP_MEAN, np.float32)) / np.asarray(CLIP_STD, np.float32)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def init_params(config: ClipConfig, rng: jax.Array, param_dtype: Any = jnp.float32):
+  """Randomly initialised parameters of `CLIP(config)` (compiled once per config)."""
+  model = CLIP(config, param_dtype=param_dtype)
+  ids = jnp.zeros((1, config.text.context_length), jnp.int32)
+  pixels = None
+  if config.vision is not None:
+    size = config.vision.image_size
+    pixels = jnp.zeros((1, size, size, 3), jnp.float32)
+  return model.init(rng, ids, pixels)["params"]

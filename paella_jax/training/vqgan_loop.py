@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from paella_jax.convert.vqgan import save_vqgan
+from paella_jax.encoders.vq import save_vqgan
 from paella_jax.metrics import MetricWriter
 from paella_jax.models.vqgan import check_images, vqgan_from_config
 from paella_jax.training import vqgan as steps
