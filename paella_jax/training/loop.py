@@ -26,6 +26,7 @@ from paella_jax.hardware import chip_info
 from paella_jax.metrics import MetricWriter
 from paella_jax.models.paella import count_params
 from paella_jax.sharding import global_batch, process_rows
+from paella_jax.training.checkpointing import checkpoint_manager, restore_checkpoint
 from paella_jax.training.partition import Trainer
 from paella_jax.training.step import TrainState
 
@@ -52,33 +53,10 @@ def make_batcher(config, state: dict | None = None, rows: slice | None = None):
   return ArrayBatcher(tokens, clip, config.train.batch_size, config.train.seed, state, rows)
 
 
-def checkpoint_manager(workdir: str, config):
-  """An async Orbax CheckpointManager keeping the last `keep_checkpoints` steps. Orbax writes
-  each step to a temporary directory and renames it when complete, so a save killed midway is
-  never listed as a step."""
-  import orbax.checkpoint as ocp
-  options = ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints, create=True,
-                                         enable_async_checkpointing=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                               options=options)
-
-
 def save_checkpoint(manager, state: TrainState, data_state: dict, force: bool = False) -> None:
   import orbax.checkpoint as ocp
   manager.save(int(state.step), force=force, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
-
-
-def restore_checkpoint(manager, abstract_state: TrainState) -> tuple[TrainState, dict] | None:
-  """The latest complete checkpoint as (state, data iterator state), or None. The arrays are
-  placed with the shardings of `abstract_state` (which may differ from those saved)."""
-  import orbax.checkpoint as ocp
-  step = manager.latest_step()
-  if step is None:
-    return None
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-  return restored["state"], restored["data"]
 
 
 class PreemptionFlag:
