@@ -12,6 +12,7 @@ _EXPORTS = {
     "paella_v1_from_torch": "paella_jax.convert.paella",
     "vqgan_from_torch": "paella_jax.convert.vqgan",
     "clip_from_pretrained": "paella_jax.convert.clip",
+    "t5_encoder_from_pretrained": "paella_jax.convert.t5",
     "inception_from_torch": "paella_jax.convert.inception",
 }
 

@@ -11,6 +11,7 @@ COMMANDS = {
     "paella-v1": ("paella_jax.convert.paella", "Paella v1 token predictor (model_600000.pt)"),
     "vqgan": ("paella_jax.convert.vqgan", "VQGAN: taming/ruDALL-E ckpt or diffusers VQModel dir"),
     "clip": ("paella_jax.convert.clip", "CLIP: Hugging Face CLIPModel dir or open_clip ckpt"),
+    "t5": ("paella_jax.convert.t5", "T5/ByT5 encoder: Hugging Face dir (e.g. google/byt5-xl)"),
     "inception": ("paella_jax.convert.inception",
                   "FID Inception v3: pytorch-fid's pt_inception-2015-12-05 .pth"),
 }
