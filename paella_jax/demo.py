@@ -17,8 +17,6 @@ import os
 import shutil
 import time
 
-import jax
-import numpy as np
 
 from paella_jax.encoders.clip import ClipEncoder, random_clip, save_clip
 from paella_jax.encoders.vq import VQGANCodec
@@ -28,7 +26,6 @@ from paella_jax.data.scenes import (COLOURS, POSITIONS, SHAPES, all_scenes, make
 from paella_jax.eval.adherence import score, score_seen_and_held_out
 from paella_jax.data.sources import memory_source
 from paella_jax.images import make_grid, save_png, to_uint8
-from paella_jax.sampling import sample
 from paella_jax.training.loop import train as train_paella
 from paella_jax.training.vqgan_loop import train_vqgan
 
@@ -72,18 +69,15 @@ def run(config, workdir: str = "runs/demo", progress: bool = True) -> dict:
 
 
 def evaluate(config, params, encoder, codec, workdir: str) -> dict:
-  """Samples every prompt, decodes, analyses: scores for seen and held-out combinations."""
+  """Samples every prompt through the pipeline, decodes, analyses: scores for seen and held-out
+  combinations."""
   from paella_jax.models.paella import build_model
-  model = build_model(config.paella.model)
-  s = config.paella.sampling
+  from paella_jax.pipeline import Pipeline
+  pipe = Pipeline(build_model(config.paella.model), params, sampling=config.paella.sampling.to_dict(),
+                  latent_shape=config.paella.latent_shape, text_encoder=encoder, codec=codec)
   n = config.eval_samples_per_prompt
   prompts = all_scenes()
-  emb = np.repeat(encoder.encode_text([p.caption for p in prompts]), n, axis=0)
-  codes = sample(model, params, emb, jax.random.key(config.seed + 1), steps=s.steps, cfg=s.cfg,
-                 typical_mass=s.typical_mass, temperature=tuple(s.temperature),
-                 latent_shape=tuple(config.paella.latent_shape), renoise_mode=s.renoise_mode)
-  images = codec.decode(np.asarray(codes))
+  result = pipe.generate([p.caption for p in prompts], num_images=n, seed=config.seed + 1)
   targets = [p for p in prompts for _ in range(n)]
-  save_png(os.path.join(workdir, "samples", "grid.png"), make_grid(images[::n], columns=12))
-  return {**score_seen_and_held_out(images, targets),
-          "samples_per_prompt": n}
+  save_png(os.path.join(workdir, "samples", "grid.png"), make_grid(result.images[::n], columns=12))
+  return {**score_seen_and_held_out(result.images, targets), "samples_per_prompt": n}

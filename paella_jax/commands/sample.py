@@ -1,5 +1,6 @@
 """Sample images from a paella-jax checkpoint: generation and the paper's editing modes.
 
+    paella-sample --prompt "a blue square in the bottom right"   # (or python sample.py ...)
     python sample.py --prompt "a blue square in the bottom right"          # generate (default)
     python sample.py generate --prompt "a fox" --batch-size 4 --seed 1 --cfg 5 --steps 8
     python sample.py inpaint --image in.png --box 8 8 24 24 --prompt "a red circle"
@@ -11,36 +12,49 @@
     python sample.py multi --prompt "a red circle" --prompt "a blue square" --layout columns
     python sample.py replay outputs/0001.json --out again/               # regenerate exactly
 
-Every command writes OUT/NNNN.png per image with a JSON sidecar (all arguments, the seed, every
+Every command writes (into --out, or a fresh numbered folder under outputs/) NNNN.png per image with a JSON sidecar (all arguments, the seed, every
 sampler setting and the sampler version, the checkpoint ids: enough to regenerate the image bit
-for bit with `replay`), OUT/grid.png, OUT/codes.npy and OUT/codes.json; `interpolate` also
-writes OUT/interpolation.gif.
+for bit with `replay`), grid.png, codes.npy and codes.json; `interpolate` also writes interpolation.gif. A non-empty --out
+is refused unless --overwrite, which replaces only the files this command writes.
 The model's checkpoint records its CLIP and VQGAN (--clip/--vqgan override them). Sampler
-defaults come from the checkpoint's sampling settings, per mode (the paper's: cfg 5 to generate,
+defaults come from the checkpoint's model.json, per mode (for v1 the paper's: cfg 5 to generate,
 4 to interpolate and outpaint, 6 to inpaint and edit; editing runs 24 steps from step 8 with
-renoise 'prev'), else from configs/paella_v1.py; any of them can be overridden.
+renoise 'prev'); any of them can be overridden ("off" turns guidance or typical filtering off).
+Expected failures print one line `error: ...` (exit 2); --debug shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
+import math
 import os
+import re
 import sys
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, ROOT)
-
 COMMANDS = ("generate", "inpaint", "outpaint", "edit", "vary", "interpolate", "multi")
 PATH_ARGS = ("checkpoint", "clip", "vqgan", "embeddings", "image", "mask", "label_map")
-SAMPLER_KEYS = ("steps", "cfg", "typical_mass", "typical_min_tokens", "temperature",
+SETTING_ARGS = ("steps", "cfg", "typical_mass", "typical_min_tokens", "temperature",
                 "renoise_mode", "start_step")
+DEFAULT_OUT = "outputs"
 
 
 # ------------------------------------------------------------------------------ arguments
+
+def _number_or_off(text: str):
+  """A finite float, or "off"."""
+  if text == "off":
+    return text
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a number or 'off', got {text!r}") from None
+  if not math.isfinite(value):
+    raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+  return value
+
 
 def _common(p: argparse.ArgumentParser) -> None:
   p.add_argument("--checkpoint", default="runs/demo/paella/model",
@@ -51,11 +65,15 @@ def _common(p: argparse.ArgumentParser) -> None:
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--steps", type=int, help="denoising steps T")
   p.add_argument("--start-step", type=int, help="first step to run (editing strength)")
-  p.add_argument("--cfg", type=float, help="guidance weight; negative disables guidance")
-  p.add_argument("--typical-mass", type=float, help="typical filtering mass; 0 disables it")
+  p.add_argument("--cfg", type=_number_or_off, help="guidance weight, or 'off'")
+  p.add_argument("--typical-mass", type=_number_or_off,
+                 help="typical filtering mass in (0, 1], or 'off'")
+  p.add_argument("--typical-min-tokens", type=int, help="codes typical filtering always keeps")
   p.add_argument("--temperature", type=float, nargs=2, metavar=("START", "END"))
   p.add_argument("--renoise-mode", choices=("start", "prev", "rand"))
-  p.add_argument("--out", default="outputs", help="output folder")
+  p.add_argument("--out", help="output folder (default: a new numbered folder in outputs/)")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace the outputs of an earlier run in --out")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -102,6 +120,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   replay = sub.add_parser("replay", help="regenerate the images of a JSON sidecar exactly")
   replay.add_argument("sidecar")
   replay.add_argument("--out", default="replay")
+  replay.add_argument("--overwrite", action="store_true")
   args = parser.parse_args(argv)
   for name in PATH_ARGS:  # sidecars record absolute paths, so replays work from anywhere
     if getattr(args, name, None):
@@ -109,166 +128,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   return args
 
 
-# ------------------------------------------------------------------------------ models
-
-def checkpoint_id(description: dict) -> str:
-  """A short hash of a model description (model.json), recorded in sidecars."""
-  return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
-
-
-class Models:
-  """The token predictor, its sampling defaults, and (on first use) its CLIP and VQGAN."""
-
-  def __init__(self, args):
-    from paella_jax.checkpoint import load_model, read_model_description, recorded_path
-    from paella_jax.models.paella import build_model
-    import jax
-    _, config, params = load_model(args.checkpoint, expected_kind="paella_v1")
-    self.description = read_model_description(args.checkpoint)
-    self.meta = self.description.get("meta", {})
-    self.model = build_model(config)
-    self.params = jax.device_put(params)
-    self.clip_dir = args.clip or recorded_path(args.checkpoint, self.meta, "clip_checkpoint")
-    self.vqgan_dir = args.vqgan or recorded_path(args.checkpoint, self.meta, "vqgan_checkpoint")
-    self._clip = self._codec = None
-
-  def clip(self, vision: bool = False):
-    from paella_jax.encoders.clip import ClipEncoder, load_clip
-    if not self.clip_dir:
-      raise SystemExit("this needs a CLIP encoder: pass --clip CKPT_DIR")
-    if self._clip is None or (vision and self._clip.model.config.vision is None):
-      self._clip = ClipEncoder(*load_clip(self.clip_dir, text_only=not vision))
-    return self._clip
-
-  def codec(self):
-    from paella_jax.encoders.vq import VQGANCodec, load_vqgan
-    if not self.vqgan_dir:
-      raise SystemExit("this needs a VQGAN: pass --vqgan CKPT_DIR")
-    if self._codec is None:
-      self._codec = VQGANCodec(*load_vqgan(self.vqgan_dir))
-    return self._codec
-
-  def sampler_settings(self, args) -> dict:
-    """The command line's settings over the mode's defaults over the general ones."""
-    sampling = self.meta.get("sampling")
-    if sampling is None:
-      from configs import paella_v1
-      sampling = paella_v1.get_config().sampling.to_dict()
-    settings = {k: sampling[k] for k in SAMPLER_KEYS if k in sampling}
-    settings.setdefault("start_step", 0)
-    settings.update(sampling.get("modes", {}).get(args.command, {}))
-    for key in SAMPLER_KEYS:
-      if getattr(args, key, None) is not None:
-        settings[key] = getattr(args, key)
-    settings["temperature"] = list(settings["temperature"])
-    return settings
-
-
-# ------------------------------------------------------------------------------ inputs
-
-def read_image(path: str, factor: int) -> np.ndarray:
-  from paella_jax.images import load_image
-  image = load_image(path)
-  h, w = image.shape[:2]
-  if h % factor or w % factor:
-    raise SystemExit(f"{path}: size {h}x{w} is not a multiple of the VQGAN factor {factor}; "
-                     f"crop or resize it, e.g. to {h - h % factor}x{w - w % factor}")
-  return image
-
-
-def text_conditioning(models: Models, prompts: list[str]) -> np.ndarray:
-  if not prompts:
-    raise SystemExit("give at least one --prompt")
-  return models.clip().encode_text(prompts)
-
-
-def plan(args, models: Models, settings: dict) -> dict:
-  """Everything the sampler needs for this command: conditioning, init tokens, mask, labels."""
-  import jax
-  from paella_jax import editing
-  n = args.batch_size
-  c_clip = models.model.c_clip
-  latent = models.meta.get("latent_shape", [32, 32])
-  if args.command == "generate":
-    if args.embeddings:
-      emb = np.load(args.embeddings, allow_pickle=False).astype(np.float32)
-      labels = [f"embedding {i}" for i in range(len(emb))]
-    elif args.prompt:
-      emb, labels = text_conditioning(models, args.prompt), args.prompt
-    else:
-      emb, labels = np.zeros((1, c_clip), np.float32), ["(unconditional)"]
-    return dict(clip=np.repeat(emb, n, 0), labels=[l for l in labels for _ in range(n)],
-                latent_shape=tuple(args.latent_shape or latent))
-  if args.command == "interpolate":
-    if len(args.prompt) < 2:
-      raise SystemExit("interpolate needs two or more --prompt")
-    path = editing.interpolation_path(text_conditioning(models, args.prompt), args.frames,
-                                      args.mode)
-    noise = jax.random.randint(jax.random.key(args.seed + 1), (1, *latent), 0,
-                               models.model.num_labels)
-    # Every frame starts from the same noise, so that frames differ only by their embedding.
-    return dict(clip=np.repeat(path, n, 0), init_tokens=np.repeat(np.asarray(noise),
-                                                                  args.frames * n, 0),
-                labels=[f"frame {i}" for i in range(args.frames) for _ in range(n)])
-  if args.command == "multi":
-    emb = text_conditioning(models, args.prompt)
-    size = tuple(args.latent_shape or latent)
-    if args.label_map:
-      labels = editing.resize_labels(_read_labels(args.label_map), size)
-    else:
-      labels = editing.region_labels(size, len(emb), args.layout)
-    cmap = editing.conditioning_map(emb, labels, args.blend)
-    return dict(clip=np.repeat(cmap[None], n, 0), labels=[" | ".join(args.prompt)] * n,
-                latent_shape=size)
-  if args.command == "vary":
-    from paella_jax.models.clip import preprocess_images
-    encoder = models.clip(vision=True)
-    image = read_image(args.image, models.codec().module.factor)
-    pixels = preprocess_images(image[None], encoder.model.config.vision.image_size)
-    emb = encoder.encode_images(np.asarray(pixels))
-    if emb.shape[-1] != c_clip:
-      raise SystemExit(f"the CLIP image embedding has {emb.shape[-1]} dims, the model takes {c_clip}")
-    return dict(clip=np.repeat(emb, n, 0), labels=[os.path.basename(args.image)] * n,
-                latent_shape=tuple(latent))
-  # inpaint, outpaint, edit: an encoded image and a prompt
-  codec = models.codec()
-  image = read_image(args.image, codec.module.factor)
-  codes = codec.encode(image[None])
-  emb = text_conditioning(models, args.prompt)
-  clip = np.repeat(emb, n, 0)
-  labels = [p for p in args.prompt for _ in range(n)]
-  codes = np.repeat(codes, len(clip), 0)
-  if args.command == "inpaint":
-    h, w = image.shape[:2]
-    if args.mask:
-      pixel_mask = _read_mask(args.mask)
-      if pixel_mask.shape != (h, w):
-        raise SystemExit(f"mask {pixel_mask.shape[1]}x{pixel_mask.shape[0]} and image {w}x{h} "
-                         "differ in size")
-    else:
-      pixel_mask = editing.box_mask(h, w, args.box)
-    mask = editing.latent_mask(pixel_mask, codec.module.factor)
-    return dict(clip=clip, labels=labels, init_tokens=codes,
-                mask=np.repeat(mask[None], len(clip), 0))
-  if args.command == "outpaint":
-    f = codec.module.factor
-    canvas = tuple(args.canvas)
-    if canvas[0] % f or canvas[1] % f:
-      raise SystemExit(f"canvas {canvas[0]}x{canvas[1]} is not a multiple of the VQGAN factor {f}")
-    h, w = image.shape[:2]
-    if canvas[0] < h or canvas[1] < w:
-      raise SystemExit(f"canvas {canvas[0]}x{canvas[1]} is smaller than the image {h}x{w}")
-    offset = tuple(args.offset) if args.offset else ((canvas[0] - h) // 2, (canvas[1] - w) // 2)
-    if offset[0] % f or offset[1] % f:
-      raise SystemExit(f"offset {offset} is not a multiple of the VQGAN factor {f}")
-    tokens, mask = editing.outpaint_canvas(codes, (canvas[0] // f, canvas[1] // f),
-                                           (offset[0] // f, offset[1] // f))
-    return dict(clip=clip, labels=labels, init_tokens=tokens, mask=mask)
-  # edit
-  noised = editing.noise_for_edit(jax.random.key(args.seed + 1), codes, settings["start_step"],
-                                  settings["steps"], models.model.num_labels)
-  return dict(clip=clip, labels=labels, init_tokens=np.asarray(noised))
-
+# ------------------------------------------------------------------------------ running
 
 def _read_mask(path: str) -> np.ndarray:
   from paella_jax.images import load_image
@@ -284,79 +144,124 @@ def _read_labels(path: str) -> np.ndarray:
   return labels.reshape(image.shape[:2])  # one label per distinct colour, in colour order
 
 
-# ------------------------------------------------------------------------------ running
+def _read_image(path: str) -> np.ndarray:
+  from paella_jax.images import load_image
+  return load_image(path)
 
-def run(args) -> str:
-  """Samples for `args` and writes the outputs; returns the output folder."""
-  import jax
-  from paella_jax.sampling import SAMPLER_VERSION, sample
-  models = Models(args)
-  settings = models.sampler_settings(args)
-  inputs = plan(args, models, settings)
-  cfg = settings["cfg"] if settings["cfg"] is not None and settings["cfg"] >= 0 else None
-  mass = settings["typical_mass"] if settings["typical_mass"] else None
-  codes = sample(models.model, models.params, inputs["clip"], jax.random.key(args.seed),
-                 steps=settings["steps"], cfg=cfg, typical_mass=mass,
-                 typical_min_tokens=settings.get("typical_min_tokens", 1),
-                 temperature=tuple(settings["temperature"]),
-                 latent_shape=inputs.get("latent_shape", (32, 32)),
-                 renoise_mode=settings["renoise_mode"], init_tokens=inputs.get("init_tokens"),
-                 mask=inputs.get("mask"), start_step=settings["start_step"])
-  codes = np.asarray(codes)
-  record = dict(command=args.command, args={k: v for k, v in vars(args).items() if k != "out"},
-                sampler=settings, sampler_version=SAMPLER_VERSION,
-                checkpoint_id=checkpoint_id(models.description),
-                clip_checkpoint=models.clip_dir, vqgan_checkpoint=models.vqgan_dir)
-  write_outputs(args.out, codes, models, inputs, record)
+
+# One function per subcommand: the pipeline call for these arguments.
+MODES = {
+    "generate": lambda pipe, a, common: pipe.generate(
+        a.prompt or None, embeddings=np.load(a.embeddings, allow_pickle=False) if a.embeddings
+        else None, latent_shape=a.latent_shape, **common),
+    "inpaint": lambda pipe, a, common: pipe.inpaint(
+        _read_image(a.image), a.prompt, mask=_read_mask(a.mask) if a.mask else None,
+        box=a.box, **common),
+    "outpaint": lambda pipe, a, common: pipe.outpaint(
+        _read_image(a.image), a.canvas, a.prompt, offset=a.offset, **common),
+    "edit": lambda pipe, a, common: pipe.edit(_read_image(a.image), a.prompt, **common),
+    "vary": lambda pipe, a, common: pipe.vary(_read_image(a.image), **common),
+    "interpolate": lambda pipe, a, common: pipe.interpolate(
+        a.prompt, frames=a.frames, mode=a.mode, **common),
+    "multi": lambda pipe, a, common: pipe.multi(
+        a.prompt, labels=_read_labels(a.label_map) if a.label_map else None, layout=a.layout,
+        blend=a.blend, latent_shape=a.latent_shape, **common),
+}
+OUR_FILES = re.compile(r"^(\d{4}\.(png|json)|grid\.png|codes\.(npy|json)|interpolation\.gif)$")
+
+
+def output_dir(args) -> str:
+  """The folder this run writes: --out (refused when it holds files, unless --overwrite, which
+  removes only files this script writes), or a fresh numbered folder under outputs/."""
+  if args.out is None:
+    os.makedirs(DEFAULT_OUT, exist_ok=True)
+    taken = [int(n) for n in os.listdir(DEFAULT_OUT) if n.isdigit()]
+    out = os.path.join(DEFAULT_OUT, f"{max(taken, default=-1) + 1:03d}")
+    os.makedirs(out)
+    return out
+  if os.path.isdir(args.out) and os.listdir(args.out):
+    if not args.overwrite:
+      raise FileExistsError(f"{args.out} is not empty; pass --overwrite to replace the outputs of "
+                            "an earlier run there, or choose another --out")
+    others = [n for n in os.listdir(args.out) if not OUR_FILES.match(n)]
+    if others:
+      raise FileExistsError(f"{args.out} holds files sample.py did not write ({', '.join(sorted(others)[:3])}"
+                            f"{', ...' if len(others) > 3 else ''}); choose another --out")
+    for name in os.listdir(args.out):
+      os.remove(os.path.join(args.out, name))
+  os.makedirs(args.out, exist_ok=True)
   return args.out
 
 
-def write_outputs(out: str, codes: np.ndarray, models: Models, inputs: dict, record: dict) -> None:
+def run(args) -> str:
+  """Samples for `args` and writes the outputs; returns the output folder."""
+  from paella_jax.pipeline import Pipeline
+  from paella_jax.sampling import SAMPLER_VERSION
+  pipe = Pipeline.from_checkpoint(args.checkpoint, clip=args.clip, vqgan=args.vqgan)
+  overrides = {k: getattr(args, k, None) for k in SETTING_ARGS}
+  common = dict(num_images=args.batch_size, seed=args.seed, **overrides)
+  result = MODES[args.command](pipe, args, common)
+  record = dict(command=args.command,
+                args={k: v for k, v in vars(args).items() if k not in ("out", "overwrite")},
+                sampler=result.settings.to_dict(), sampler_version=SAMPLER_VERSION,
+                checkpoint_id=pipe.model_id, clip_checkpoint=pipe.clip_dir,
+                vqgan_checkpoint=pipe.vqgan_dir)
+  out = output_dir(args)
+  write_outputs(out, result, record)
+  return out
+
+
+def write_outputs(out: str, result, record: dict) -> None:
   from paella_jax.images import make_grid, save_gif, save_png
-  os.makedirs(out, exist_ok=True)
-  np.save(os.path.join(out, "codes.npy"), codes)
+  np.save(os.path.join(out, "codes.npy"), result.codes)
   with open(os.path.join(out, "codes.json"), "w") as f:
     json.dump(record, f, indent=2)
-  if not models.vqgan_dir:
-    print(f"wrote {codes.shape} codes to {out}/codes.npy (no VQGAN given: no images)")
+  if result.images is None:
+    print(f"wrote {result.codes.shape} codes to {out}/codes.npy (no VQGAN given: no images)")
     return
-  images = models.codec().decode(codes)
-  for i, image in enumerate(images):
+  for i, image in enumerate(result.images):
     save_png(os.path.join(out, f"{i:04d}.png"), image)
     with open(os.path.join(out, f"{i:04d}.json"), "w") as f:
-      json.dump(dict(record, index=i, label=inputs["labels"][i]), f, indent=2)
+      json.dump(dict(record, index=i, label=result.labels[i]), f, indent=2)
   columns = record["args"]["batch_size"]  # images per prompt (per frame when interpolating)
-  save_png(os.path.join(out, "grid.png"), make_grid(images, columns=columns))
+  save_png(os.path.join(out, "grid.png"), make_grid(result.images, columns=columns))
   if record["command"] == "interpolate":
-    save_gif(os.path.join(out, "interpolation.gif"), images[::columns])
-  print(f"wrote {len(images)} images, grid.png and sidecars to {out}")
+    save_gif(os.path.join(out, "interpolation.gif"), result.images[::columns])
+  print(f"wrote {len(result.images)} images, grid.png and sidecars to {out}")
 
 
 def replay(args) -> str:
   """Reruns the command recorded in a sidecar (same seed and settings) into args.out."""
+  from paella_jax.pipeline import model_id
+  from paella_jax.sampling import SAMPLER_VERSION
   with open(args.sidecar) as f:
     record = json.load(f)
-  recorded = argparse.Namespace(**record["args"], out=args.out)
-  from paella_jax.checkpoint import read_model_description
-  from paella_jax.sampling import SAMPLER_VERSION
   version = record.get("sampler_version", 1)  # sidecars before the version was recorded: 1
   if version != SAMPLER_VERSION:
-    raise SystemExit(f"{args.sidecar} was made by sampler version {version}; this is version "
+    raise ValueError(f"{args.sidecar} was made by sampler version {version}; this is version "
                      f"{SAMPLER_VERSION}, which draws other codes from the same seed, so it cannot "
                      "regenerate the image exactly (rerun the command to sample anew)")
-  if checkpoint_id(read_model_description(recorded.checkpoint)) != record["checkpoint_id"]:
-    raise SystemExit(f"{recorded.checkpoint} is not the checkpoint that made {args.sidecar} "
-                     "(its model.json changed)")
+  recorded = argparse.Namespace(**record["args"], out=args.out, overwrite=args.overwrite)
+  if model_id(recorded.checkpoint) != record["checkpoint_id"]:
+    raise ValueError(f"{recorded.checkpoint} is not the checkpoint that made {args.sidecar} "
+                     "(its weights or description changed)")
+  # The recorded settings are the ones that were used: replay them, whatever the defaults now.
+  for key, value in record["sampler"].items():
+    setattr(recorded, key, "off" if value is None else value)
   return run(recorded)
 
 
-def main(argv=None):
+def main(argv=None) -> str:
+  """Runs one command; bad input raises ValueError/OSError naming the problem."""
   args = parse_args(argv)
-  if args.command == "replay":
-    replay(args)
-  else:
-    run(args)
+  return replay(args) if args.command == "replay" else run(args)
+
+
+def cli_main() -> None:
+  """The `paella-sample` command: expected failures as one `error: ...` line."""
+  from paella_jax.cli import run_main
+  run_main(main)
 
 
 if __name__ == "__main__":
-  main()
+  cli_main()

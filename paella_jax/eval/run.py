@@ -60,59 +60,44 @@ def parse_args(argv=None):
   return p.parse_args(argv)
 
 
-def _recorded(given: str | None, meta: dict, key: str, checkpoint: str, what: str) -> str:
-  from paella_jax.checkpoint import recorded_path
-  path = given or recorded_path(checkpoint, meta, key)
-  if not path:
-    raise SystemExit(f"{checkpoint} records no {key}: pass --{what}")
-  return path
-
-
-def is_demo(meta: dict, clip_dir: str, image_size: int) -> bool:
+def is_demo(clip_dir: str | None, image_size: int) -> bool:
   """The demo's model: its text encoder is the demo's random CLIP and it draws 32x32 images."""
   from paella_jax.checkpoint import read_model_description
+  if not clip_dir:
+    return False
   clip_meta = read_model_description(clip_dir).get("meta", {})
   return bool(clip_meta.get("random_weights")) and image_size == IMAGE_SIZE
 
 
 class Generator:
-  """captions, cfg, batch index -> images (N, H, W, 3) float32 in [0, 1] on the 8-bit grid."""
+  """captions, cfg, batch index -> images (N, H, W, 3) float32 in [0, 1] on the 8-bit grid.
 
-  def __init__(self, args, model, params, meta: dict, clip_dir: str, vqgan_dir: str):
+  Batches of `batch_size` (rounded up to a multiple of the local devices; the last one padded)
+  go through the pipeline's sampler sharded over the local devices, so each compiles once.
+  """
+
+  def __init__(self, args):
     import jax
-    from jax.sharding import NamedSharding, PartitionSpec as P
-    from paella_jax.encoders.clip import ClipEncoder, load_clip
-    from paella_jax.encoders.vq import VQGANCodec, load_vqgan
-    from paella_jax.sharding import local_data_mesh
-    mesh = local_data_mesh()
-    self.devices = mesh.shape["data"]
+    from paella_jax.pipeline import Pipeline
+    self.devices = jax.local_device_count()
     self.batch_size = -(-args.batch_size // self.devices) * self.devices
-    self.model, self.params = model, jax.device_put(params, NamedSharding(mesh, P()))
-    self.sharding = NamedSharding(mesh, P("data"))
-    self.text = ClipEncoder(*load_clip(clip_dir, text_only=True), batch_size=self.batch_size)
-    self.codec = VQGANCodec(*load_vqgan(vqgan_dir), batch_size=self.batch_size)
-    # The checkpoint's recorded settings; anything unrecorded takes sample()'s v1 defaults.
-    s = {k: v for k, v in meta.get("sampling", {}).items()
-         if k in ("steps", "typical_mass", "typical_min_tokens", "temperature", "renoise_mode")}
-    s.update({k: v for k, v in (("steps", args.steps), ("typical_mass", args.typical_mass))
-              if v is not None})
-    self.settings = dict(s, latent_shape=list(meta.get("latent_shape", [32, 32])))
+    self.pipe = Pipeline.from_checkpoint(args.checkpoint, clip=args.clip, vqgan=args.vqgan,
+                                         batch_size=self.batch_size)
+    self.settings = self.pipe.settings("generate", steps=args.steps,
+                                       typical_mass=args.typical_mass)
     self.key = jax.random.key(args.seed)
 
   @property
   def image_size(self) -> int:
-    return self.settings["latent_shape"][0] * self.codec.module.factor
+    return self.pipe.latent_shape[0] * self.pipe.codec.module.factor
 
   def __call__(self, captions: list[str], cfg: float, index: int) -> np.ndarray:
     import jax
-    from paella_jax.sampling import sample
-    emb = self.text.encode_text(captions)
-    pad = self.batch_size - len(emb)
-    emb = jax.device_put(np.concatenate([emb, np.repeat(emb[-1:], pad, 0)]), self.sharding)
-    s = self.settings
-    codes = sample(self.model, self.params, emb, jax.random.fold_in(self.key, index),
-                   cfg=cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()})
-    images = self.codec.decode(np.asarray(codes))[:len(captions)]
+    emb = self.pipe.encode_text(captions)
+    emb = np.concatenate([emb, np.repeat(emb[-1:], self.batch_size - len(emb), 0)])
+    codes = self.pipe.sample(emb, jax.random.fold_in(self.key, index),
+                             self.settings.with_overrides(cfg=cfg))
+    images = self.pipe.decode(codes)[:len(captions)]
     return to_uint8(images).astype(np.float32) / 255
 
 
@@ -146,21 +131,15 @@ def evaluate(args) -> dict:
   """Runs the evaluation described by `args` (see parse_args); returns the report."""
   import jax
   from tqdm.auto import tqdm
-  from paella_jax.checkpoint import load_model, read_model_description
   from paella_jax.eval.data import open_eval_data
   from paella_jax.eval.fid import GaussianStats, frechet_distance
   from paella_jax.images import make_grid, save_png
-  from paella_jax.models.paella import build_model
 
-  _, config, params = load_model(args.checkpoint, expected_kind="paella_v1")
-  meta = read_model_description(args.checkpoint).get("meta", {})
-  clip_dir = _recorded(args.clip, meta, "clip_checkpoint", args.checkpoint, "clip")
-  vqgan_dir = _recorded(args.vqgan, meta, "vqgan_checkpoint", args.checkpoint, "vqgan")
-  gen = Generator(args, build_model(config), params, meta, clip_dir, vqgan_dir)
-  demo = is_demo(meta, clip_dir, gen.image_size)
+  gen = Generator(args)
+  demo = is_demo(gen.pipe.clip_dir, gen.image_size)
   spec = args.data or ("demo" if demo else None)
   if spec is None:
-    raise SystemExit("pass --data: a COCO folder or captions json, or tfds:coco_captions")
+    raise ValueError("pass --data: a COCO folder or captions json, or tfds:coco_captions")
   num = args.num_samples or (DEMO_SAMPLES if spec == "demo" else DEFAULT_SAMPLES)
   data = open_eval_data(spec, num, args.seed, args.images)
 
@@ -179,11 +158,12 @@ def evaluate(args) -> dict:
                                     batch_size=gen.batch_size))
 
   os.makedirs(args.out, exist_ok=True)
-  cfgs = args.cfg or [meta.get("sampling", {}).get("cfg", 5.0)]
+  cfgs = args.cfg or [gen.settings.cfg]
   report = {"checkpoint": os.path.abspath(args.checkpoint), "data": data.name,
             "num_samples": num, "seed": args.seed, "batch_size": gen.batch_size,
             "devices": f"{gen.devices} x {jax.local_devices()[0].device_kind}",
-            "sampling": gen.settings, "image_size": gen.image_size,
+            "sampling": dict(gen.settings.to_dict(), latent_shape=list(gen.pipe.latent_shape)),
+            "image_size": gen.image_size,
             "inception": args.inception, "reference_stats": reference and reference[2],
             "clip_score_model": args.clip_score_model, "results": []}
   for cfg in cfgs:
@@ -222,3 +202,9 @@ def main(argv=None):
   args = parse_args(argv)
   report = evaluate(args)
   print(f"wrote {len(report['results'])} result(s) to {os.path.join(args.out, 'report.json')}")
+
+
+def cli_main() -> None:
+  """The `paella-eval` command: expected failures as one `error: ...` line."""
+  from paella_jax.cli import run_main
+  run_main(main)
