@@ -4,12 +4,14 @@
     encoder = ClipEncoder(model, params, tokenizer)
     emb = encoder.encode_text(["a cat"])            # (1, projection_dim) float32
 
-`random_clip` builds a CLIP with random weights (tests and the built-in demo).
+`random_clip` builds a CLIP with random weights (tests and the built-in demo);
+`preprocess_v3` is Paella v3's image preprocessing for CLIP-H image embeddings.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any, Mapping, Sequence
 
@@ -18,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from paella_jax import checkpoint
-from paella_jax.models.clip import CLIP, ClipConfig, init_params
+from paella_jax.models.clip import CLIP, CLIP_MEAN, CLIP_STD, ClipConfig, init_params
 from paella_jax.sharding import data_parallel
 from paella_jax.tokenizer import ClipTokenizer
 
@@ -91,3 +93,67 @@ class ClipEncoder:
   def null(self, n: int) -> np.ndarray:
     """The unconditional embedding for guidance and conditioning dropout: zeros (n, proj)."""
     return np.zeros((n, self.model.config.projection_dim), np.float32)
+
+
+# ----------------------------------------------------------------------------- Paella v3 images
+
+def _cubic(x: np.ndarray, a: float) -> np.ndarray:
+  """Keys' cubic convolution kernel with parameter `a` (PyTorch: -0.75, antialiased: -0.5)."""
+  x = np.abs(x)
+  near = ((a + 2) * x - (a + 3)) * x * x + 1
+  far = ((x - 5) * x + 8) * x * a - 4 * a
+  return np.where(x < 1, near, np.where(x < 2, far, 0.0))
+
+
+@functools.lru_cache(maxsize=None)
+def bicubic_matrix(out_size: int, in_size: int, antialias: bool) -> np.ndarray:
+  """(out_size, in_size) float32 weights of PyTorch's bicubic resize along one axis
+  (`interpolate(mode="bicubic", align_corners=False)`, half-pixel centres).
+
+  Without antialias: four taps at a=-0.75 around scale*(i+0.5)-0.5, indices clamped to the
+  edge. With antialias (PIL's filter, also when enlarging): a=-0.5 stretched by the scale when
+  shrinking, taps inside the image only, weights normalised to sum to one.
+  """
+  scale = in_size / out_size
+  weights = np.zeros((out_size, in_size))
+  for i in range(out_size):
+    if antialias:
+      support = 2.0 * max(scale, 1.0)
+      center = scale * (i + 0.5)
+      lo = max(int(center - support + 0.5), 0)
+      hi = min(int(center + support + 0.5), in_size)
+      taps = np.arange(lo, hi)
+      w = _cubic((taps - center + 0.5) / max(scale, 1.0), -0.5)
+      weights[i, taps] = w / w.sum()
+    else:
+      src = scale * (i + 0.5) - 0.5
+      base = int(np.floor(src))
+      for k in range(-1, 3):
+        weights[i, min(max(base + k, 0), in_size - 1)] += _cubic(np.asarray(src - (base + k)), -0.75)
+  return weights.astype(np.float32)
+
+
+def preprocess_v3(images, size: int = 224, antialias: bool = True):
+  """Paella v3's CLIP-H image preprocessing: images (B, H, W, 3), float in [0, 1] (uint8 is
+  scaled) -> normalised CLIP pixels (B, size, size, 3) float32.
+
+  The original applies torchvision's Resize(size, bicubic) and Normalize(CLIP mean/std) to
+  square 256 px float tensors: the shorter side is resized to `size` (the longer to
+  int(size * long / short)), without clamping. Here a non-square image is then center-cropped
+  to a square (nothing to crop for the original's square inputs). `antialias` is torchvision's
+  flag for tensors: True since torchvision 0.17, False (with a warning) before.
+  """
+  images = jnp.asarray(images)
+  if images.ndim != 4 or images.shape[-1] != 3:
+    raise ValueError(f"images must be (batch, height, width, 3) NHWC, got {images.shape}")
+  if images.dtype == jnp.uint8:
+    images = images.astype(jnp.float32) / 255.0
+  _, h, w, _ = images.shape
+  short, long = min(h, w), max(h, w)
+  new_long = int(size * long / short)
+  new_h, new_w = (size, new_long) if h <= w else (new_long, size)
+  rows = bicubic_matrix(new_h, h, antialias)[(new_h - size) // 2:][:size]
+  cols = bicubic_matrix(new_w, w, antialias)[(new_w - size) // 2:][:size]
+  out = jnp.einsum("oh,bhwc,pw->bopc", rows, images.astype(jnp.float32), cols,
+                   precision=jax.lax.Precision.HIGHEST)
+  return (out - np.asarray(CLIP_MEAN, np.float32)) / np.asarray(CLIP_STD, np.float32)
