@@ -65,7 +65,7 @@ class SamplerSettings:
     if self.typical_mass is not None:
       mass = _finite(self.typical_mass, "typical_mass")
       if not 0.0 < mass <= 1.0:
-        raise ValueError(f"typical_mass must lie in (0, 1] (None turns filtering off), got {mass}")
+        raise ValueError(f"typical_mass must lie in (0, 1] (or be off), got {mass}")
       object.__setattr__(self, "typical_mass", mass)
     if (isinstance(self.typical_min_tokens, bool) or not isinstance(self.typical_min_tokens, int)
         or self.typical_min_tokens < 1):
