@@ -256,12 +256,3 @@ def main(argv=None) -> str:
   args = parse_args(argv)
   return replay(args) if args.command == "replay" else run(args)
 
-
-def cli_main() -> None:
-  """The `paella-sample` command: expected failures as one `error: ...` line."""
-  from paella_jax.cli import run_main
-  run_main(main)
-
-
-if __name__ == "__main__":
-  cli_main()

@@ -202,9 +202,3 @@ def main(argv=None):
   args = parse_args(argv)
   report = evaluate(args)
   print(f"wrote {len(report['results'])} result(s) to {os.path.join(args.out, 'report.json')}")
-
-
-def cli_main() -> None:
-  """The `paella-eval` command: expected failures as one `error: ...` line."""
-  from paella_jax.cli import run_main
-  run_main(main)
