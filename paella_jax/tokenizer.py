@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import gzip
 import importlib.resources
+import os
 from typing import Sequence
 
 import numpy as np
@@ -64,6 +65,9 @@ class ClipTokenizer:
   """
 
   def __init__(self, max_length: int = CONTEXT_LENGTH, pad_token: str = OPEN_CLIP_PAD):
+    # Only the tokenizer is used: without this, importing transformers on a machine without
+    # PyTorch advises on every run that its models are unavailable.
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     from transformers import CLIPTokenizer
     vocab, merges = clip_vocabulary()
     if pad_token not in vocab:
