@@ -18,6 +18,7 @@ from configs import clip_tiny, tiny, vqgan_tiny
 
 def get_config():
   c = ml_collections.ConfigDict()
+  c.job = "demo"  # train.py runs the demo pipeline for this config
   c.seed = 0
   c.num_images = 4096
   c.vqgan = vqgan_tiny.get_config()
