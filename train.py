@@ -10,6 +10,9 @@ Any config field can be overridden on the command line (--config.train.total_ste
 Multi-host (every host runs the same command): on a TPU pod slice or a cluster JAX detects
 (SLURM, ...) add --multihost; elsewhere name the coordinator and the process:
     python train.py ... --coordinator_address=host0:1234 --num_processes=2 --process_id=0
+
+Expected failures (bad data, a workdir of another model, ...) print one line `error: ...` and
+exit with status 2; --debug shows the traceback instead.
 """
 
 import os
@@ -33,6 +36,7 @@ flags.DEFINE_integer("num_processes", None, "Number of processes (explicit multi
 flags.DEFINE_integer("process_id", None, "This process's index (explicit multi-host).")
 flags.DEFINE_enum("cpu_collectives", None, ["gloo", "mpi"],
                   "Collectives between CPU processes (multi-process runs without accelerators).")
+flags.DEFINE_bool("debug", False, "Show the traceback of expected failures.")
 FLAGS = flags.FLAGS
 
 
@@ -48,13 +52,15 @@ def initialize_distributed():
 
 def main(argv):
   del argv
+  from paella_jax.cli import one_line_errors
   logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save info lines out of the way
-  initialize_distributed()
-  if "paella" in FLAGS.config:  # the demo pipeline's config (configs/demo.py)
-    run_demo(FLAGS.config, FLAGS.workdir or "runs/demo")
-    return
-  from paella_jax.training.loop import train
-  train(FLAGS.config, FLAGS.workdir or "runs/default", progress=FLAGS.progress)
+  with one_line_errors(FLAGS.debug):
+    initialize_distributed()
+    if "paella" in FLAGS.config:  # the demo pipeline's config (configs/demo.py)
+      run_demo(FLAGS.config, FLAGS.workdir or "runs/demo")
+      return
+    from paella_jax.training.loop import train
+    train(FLAGS.config, FLAGS.workdir or "runs/default", progress=FLAGS.progress)
 
 
 def run_demo(config, workdir: str) -> None:

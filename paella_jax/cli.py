@@ -3,28 +3,37 @@
 A bad argument, input file or checkpoint raises ValueError or OSError (FileNotFoundError,
 FileExistsError, ...) with a message naming the problem. `run_main` prints that message as
 `error: ...` on stderr and exits with status 2; `--debug` anywhere on the command line shows the
-traceback instead. Any other exception is a bug and keeps its traceback.
+traceback instead. Any other exception is a bug and keeps its traceback. Commands whose flags
+another library parses (absl's `app.run` in train.py) wrap their main in `one_line_errors`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 EXPECTED_ERRORS = (ValueError, OSError)
 DEBUG_FLAG = "--debug"
+
+
+@contextlib.contextmanager
+def one_line_errors(debug: bool = False) -> Iterator[None]:
+  """Turns an expected failure inside the block into one line `error: ...` on stderr (a
+  message of several lines joined) and exit status 2; with `debug` it propagates unchanged."""
+  try:
+    yield
+  except EXPECTED_ERRORS as e:
+    if debug:
+      raise
+    message = " ".join(line.strip() for line in str(e).splitlines()) or type(e).__name__
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 def run_main(main: Callable[[list[str]], object], argv: Sequence[str] | None = None) -> object:
   """Calls `main(argv)` (argv without --debug); expected failures exit 2 with one line."""
   argv = list(sys.argv[1:] if argv is None else argv)
   debug = DEBUG_FLAG in argv
-  argv = [a for a in argv if a != DEBUG_FLAG]
-  try:
-    return main(argv)
-  except EXPECTED_ERRORS as e:
-    if debug:
-      raise
-    message = str(e) or type(e).__name__
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2) from None
+  with one_line_errors(debug):
+    return main([a for a in argv if a != DEBUG_FLAG])

@@ -8,8 +8,12 @@ Images are decoded, resized (shorter side to --size) and cropped (random with a 
 seed, or center) on host threads; the VQGAN and the CLIP text tower encode them in jit-compiled
 batches data-parallel over the local devices. Every process of a multi-host job (--distributed)
 takes every process_count-th input shard. A shard whose summary exists is skipped, so a rerun
-after an interruption resumes (DIR/settings.json makes sure it uses the same settings). The
-process that finds every shard done writes manifest.json.
+after an interruption resumes: DIR/settings.json makes sure it uses the same settings, and each
+summary records what its shard held (count, a hash of every example's key and sizes, and a few
+probed examples), which the rerun checks against the source before going on; a source that
+changed under a finished shard is refused (its examples would be duplicated or lost). Temporary
+files an interrupted run left are removed. The process that finds every shard done writes
+manifest.json. Expected failures print one line `error: ...` (exit 2; --debug: traceback).
 Unusable examples are skipped and counted per reason (see decode.REASONS), in each summary, the
 manifest and the log.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures
+import hashlib
 import json
 import logging
 import os
@@ -27,12 +32,13 @@ import time
 import numpy as np
 
 from paella_jax.data.decode import BadInput, decode_example, example_rng
-from paella_jax.data.records import (FORMAT, MANIFEST, RecordFormat, merge_summaries, write_json,
-                                     write_shard)
+from paella_jax.data.records import (FORMAT, MANIFEST, RecordFormat, merge_summaries,
+                                     remove_stale_temporaries, write_json, write_shard)
 from paella_jax.data.sources import Shard, Source, open_source
 
 log = logging.getLogger("paella_jax.data")
 SETTINGS = "settings.json"
+PROBES = 5  # examples per shard whose key and sizes a rerun reads again to check the source
 
 
 class Preparer:
@@ -68,22 +74,24 @@ class Preparer:
                                             codec.module.n_embed)
 
   def _load(self, shard: Shard, i: int):
-    """Example i of `shard` -> (key, (size, size, 3) uint8, caption) or (key, BadInput)."""
-    key = f"{shard.name}#{i}"
+    """Example i of `shard` -> (entry, (size, size, 3) uint8, caption) or (entry, BadInput),
+    where entry = `read_entry` of what was read."""
+    entry = [f"{shard.name}#{i}", -1, -1]
     try:
       example = shard[i]
-      key = example.key
+      entry = read_entry(example)
       image, caption = decode_example(example, self.size, self.crop, self.min_size,
-                                      example_rng(self.seed, key))
-      return key, image, caption
+                                      example_rng(self.seed, example.key))
+      return entry, image, caption
     except BadInput as e:
-      return key, e
+      return entry, e
     except OSError as e:  # a file that vanished or cannot be read
-      return key, BadInput("missing_image", str(e))
+      return entry, BadInput("missing_image", str(e))
 
   def encode_shard(self, shard: Shard, pool, progress=None) -> tuple[list[bytes], dict]:
     """All usable examples of `shard` as records, in order, and the shard's summary."""
     skipped, records, n = collections.Counter(), [], len(shard)
+    entries = []
     chunks = [range(lo, min(lo + self.batch_size, n)) for lo in range(0, n, self.batch_size)]
     pending = pool.map(lambda i: self._load(shard, i), chunks[0]) if chunks else None
     for c in range(len(chunks)):
@@ -91,10 +99,11 @@ class Preparer:
       if c + 1 < len(chunks):  # decode the next chunk while this one is encoded
         pending = pool.map(lambda i: self._load(shard, i), chunks[c + 1])
       good = []
-      for key, *rest in loaded:
+      for entry, *rest in loaded:
+        entries.append(entry)
         if isinstance(rest[0], BadInput):
           skipped[rest[0].reason] += 1
-          log.info("skipped %s: %s", key, rest[0])
+          log.info("skipped %s: %s", entry[0], rest[0])
         else:
           good.append(rest)
       if good:
@@ -107,7 +116,9 @@ class Preparer:
       if progress is not None:
         progress.update(len(loaded))
     summary = {"shard": shard.name, "file": f"{shard.name}.array_record", "records": len(records),
-               "examples": n, "skipped": dict(sorted(skipped.items()))}
+               "examples": n, "skipped": dict(sorted(skipped.items())),
+               "read": {"sha256": hashlib.sha256(json.dumps(entries).encode()).hexdigest(),
+                        "probes": {str(i): entries[i] for i in probe_positions(n)}}}
     return records, summary
 
   def _clip_pixels(self, images: np.ndarray) -> np.ndarray:
@@ -123,11 +134,17 @@ class Preparer:
     if len(set(names)) != len(names):
       raise ValueError(f"{source.description}: shard names are not unique")
     self._claim(out_dir, self.settings(source, info or {}))
-    mine = [s for s in source.shards[process_index::process_count]
-            if not os.path.isfile(os.path.join(out_dir, f"{s.name}.json"))]
-    done = len(source.shards[process_index::process_count]) - len(mine)
-    if done:
-      log.warning("resuming: %d of this process's shards are already finished", done)
+    finished, mine = [], []
+    for s in source.shards[process_index::process_count]:
+      (finished if os.path.isfile(os.path.join(out_dir, f"{s.name}.json")) else mine).append(s)
+    if finished:
+      check_unchanged(finished, out_dir)
+      log.warning("resuming: %d of this process's shards are already finished", len(finished))
+    removed = remove_stale_temporaries(out_dir, [f"{s.name}{ext}" for s in mine
+                                                 for ext in (".array_record", ".json")])
+    if removed:
+      log.warning("removed %d temporary files of an interrupted run: %s", len(removed),
+                  ", ".join(os.path.basename(p) for p in removed))
     bar = None
     if progress and mine:
       from tqdm.auto import tqdm
@@ -190,6 +207,46 @@ class Preparer:
                 **self.settings(source, info), **info, "shards": summaries}
     write_json(os.path.join(out_dir, MANIFEST), manifest)
     return manifest
+
+
+def read_entry(example) -> list:
+  """[key, image bytes, caption bytes] of a read example (-1 for an absent part): what a
+  shard's summary records of it."""
+  def size(part) -> int:
+    if part is None:
+      return -1
+    return part.nbytes if isinstance(part, np.ndarray) else len(part)
+  return [example.key, size(example.image), size(example.caption)]
+
+
+def probe_positions(n: int) -> list[int]:
+  """The positions of a shard of n examples that a rerun reads again: first, last, between."""
+  return sorted({round(i * (n - 1) / (PROBES - 1)) for i in range(PROBES)}) if n else []
+
+
+def check_unchanged(shards: list[Shard], out_dir: str) -> None:
+  """Raises ValueError when a finished shard's examples are no longer those its summary
+  records: another count, or another key or size at a probed position. (Summaries written
+  before this record existed are not checked.)"""
+  for shard in shards:
+    with open(os.path.join(out_dir, f"{shard.name}.json")) as f:
+      summary = json.load(f)
+    if "read" not in summary:
+      continue
+    change = None
+    if len(shard) != summary["examples"]:
+      change = f"held {summary['examples']} examples, now {len(shard)}"
+    else:
+      for i, was in sorted(summary["read"]["probes"].items(), key=lambda kv: int(kv[0])):
+        now = read_entry(shard[int(i)])
+        if now != was:
+          change = (f"example {i} was {was[0]!r} ({was[1]} + {was[2]} bytes), now {now[0]!r} "
+                    f"({now[1]} + {now[2]} bytes)")
+          break
+    if change:
+      raise ValueError(f"the source changed since {out_dir} was prepared: shard {shard.name} "
+                       f"{change}; going on would duplicate or lose examples, so restore the "
+                       "source or prepare into another --out")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -260,4 +317,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  from paella_jax.cli import run_main
+  run_main(main)

@@ -3,7 +3,11 @@ the manifest that describes them.
 
     DIR/manifest.json              format, shapes, counts, skips per reason, encoders, config
     DIR/SHARD.array_record         one record per example (see RecordFormat)
-    DIR/SHARD.json                 that shard's summary; its presence marks the shard finished
+    DIR/SHARD.json                 that shard's summary; its presence marks the shard finished:
+                                   counts, skips, and "read": what the shard held (sha256 of
+                                   every [key, image bytes, caption bytes] in order, and those
+                                   of a few "probes" by position) for a rerun to check
+    DIR/NAME.tmp.HOST.PID          a file being written (renamed into place when complete)
 
 A record is the raw little-endian bytes of tokens (h*w, `token_dtype`), then the embedding
 (c_clip, float32), then the caption in UTF-8: fixed offsets, parsed without copies.
@@ -66,25 +70,63 @@ class RecordFormat:
 def write_shard(path: str, records: list[bytes]) -> None:
   """Writes one ArrayRecord file atomically (a temporary file renamed into place)."""
   from array_record.python.array_record_module import ArrayRecordWriter
-  tmp = _tmp(path)
-  writer = ArrayRecordWriter(tmp, WRITER_OPTIONS)
-  for record in records:
-    writer.write(record)
-  writer.close()
-  os.replace(tmp, path)
 
-
-def _tmp(path: str) -> str:
-  """A temporary name beside `path`, unique per host and process (shared file systems)."""
-  return f"{path}.tmp.{socket.gethostname()}.{os.getpid()}"
+  def write(tmp):
+    writer = ArrayRecordWriter(tmp, WRITER_OPTIONS)
+    for record in records:
+      writer.write(record)
+    writer.close()
+  _write_atomically(path, write)
 
 
 def write_json(path: str, obj: dict) -> None:
   """Writes JSON atomically: concurrent writers of the same content never leave a torn file."""
-  tmp = _tmp(path)
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
+  def write(tmp):
+    with open(tmp, "w") as f:
+      json.dump(obj, f, indent=2)
+  _write_atomically(path, write)
+
+
+TMP_INFIX = ".tmp."
+
+
+def _write_atomically(path: str, write) -> None:
+  """`write(tmp)` to a temporary name beside `path`, unique per host and process (shared file
+  systems), then renamed to `path`; the temporary file is removed when `write` fails."""
+  tmp = f"{path}{TMP_INFIX}{socket.gethostname()}.{os.getpid()}"
+  try:
+    write(tmp)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def remove_stale_temporaries(directory: str, owned: list[str]) -> list[str]:
+  """Removes the temporary files that killed writers left in `directory`: every one for a file
+  named in `owned` (files only this process writes), and for other files those of this host's
+  processes that no longer run. Returns the removed paths."""
+  owned, host, removed = set(owned), socket.gethostname(), []
+  for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+    target, infix, writer = name.rpartition(TMP_INFIX)
+    if not infix:
+      continue
+    writer_host, _, pid = writer.rpartition(".")
+    if target in owned or (writer_host == host and pid.isdigit() and not _running(int(pid))):
+      os.remove(os.path.join(directory, name))
+      removed.append(os.path.join(directory, name))
+  return removed
+
+
+def _running(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # another user's process
+    return True
+  return True
 
 
 def read_manifest(directory: str) -> dict:
