@@ -35,4 +35,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  from paella_jax.cli import run_main
+  run_main(main)

@@ -117,7 +117,9 @@ def infer_architecture(sd: Mapping[str, np.ndarray], c_r: int = 64) -> dict[str,
   c_hidden = (sd[f"down_blocks.{levels - 1}.0.weight"].shape[0] if levels > 1
               else sd["embedding.weight"].shape[1])
   if c_cond <= c_r:
-    raise CheckpointMismatchError(f"conditioning width {c_cond} is not larger than c_r={c_r}")
+    raise CheckpointMismatchError(f"conditioning width {c_cond} (c_clip + c_r) is not larger "
+                                  f"than c_r={c_r}: pass the checkpoint's timestep-embedding "
+                                  "width with --c-r")
   return dict(num_labels=num_labels, c_hidden=c_hidden, c_clip=c_cond - c_r, c_r=c_r,
               down_levels=down_levels, up_levels=up_levels)
 
