@@ -173,7 +173,7 @@ class ImageBatcher(_GrainBatcher):
 
 
 def batcher_from_config(config, state: dict | None = None, rows: slice | None = None):
-  """The "records" or "images" data source of a training config (see the README's Data section):
+  """The "records" or "images" data source of a training config (see docs/data.md):
   config.data.path, and config.data.workers / prefetch; for "images" also config.data.vqgan,
   config.data.clip (checkpoint directories), image_size, crop."""
   d, m, t = config.data, config.model, config.train

@@ -40,8 +40,8 @@ class VQGANCodec:
   """Batched, jit-compiled `encode`/`decode`, data-parallel over the local devices.
 
   Inputs are cut into chunks of `batch_size` (the last one padded), so each image size compiles
-  once. `dtype=jnp.bfloat16` computes in bfloat16 with float32 parameters (see the README's VQGAN section for
-  its error against float32).
+  once. `dtype=jnp.bfloat16` computes in bfloat16 with float32 parameters (see docs/vqgan.md
+  for its error against float32).
   """
 
   def __init__(self, module, params: Any, batch_size: int = 16, dtype: Any = None):

@@ -36,7 +36,7 @@ KIND = "paella_v1"
 def make_batcher(config, state: dict | None = None, rows: slice | None = None):
   """The config's data source ("random"; "arrays": an .npz file or a directory; "records":
   a directory written by paella_jax.data.prepare; "images": raw images encoded on the fly, see
-  the README's Data section), yielding this process's `rows` of each global batch."""
+  docs/data.md), yielding this process's `rows` of each global batch."""
   m = config.model
   if config.data.source in ("records", "images"):
     from paella_jax.data.loader import batcher_from_config
