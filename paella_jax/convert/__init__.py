@@ -14,6 +14,8 @@ _EXPORTS = {
     "clip_from_pretrained": "paella_jax.convert.clip",
     "t5_encoder_from_pretrained": "paella_jax.convert.t5",
     "inception_from_torch": "paella_jax.convert.inception",
+    "to_torch": "paella_jax.convert.to_torch",
+    "torch_state_dict": "paella_jax.convert.to_torch",
 }
 
 __all__ = list(_EXPORTS)

@@ -1,4 +1,5 @@
-"""Command line for the converters: `python -m paella_jax.convert {paella-v1,vqgan,clip,inception} ...`.
+"""Command line for the converters: `python -m paella_jax.convert {paella-v1,vqgan,clip,inception} ...`,
+and for the export back to PyTorch: `python -m paella_jax.convert to-torch CHECKPOINT OUT`.
 
 Each converter module exposes `add_arguments(parser)` and `run(args)`; they are imported only
 when their subcommand is used.
@@ -14,12 +15,15 @@ COMMANDS = {
     "t5": ("paella_jax.convert.t5", "T5/ByT5 encoder: Hugging Face dir (e.g. google/byt5-xl)"),
     "inception": ("paella_jax.convert.inception",
                   "FID Inception v3: pytorch-fid's pt_inception-2015-12-05 .pth"),
+    "to-torch": ("paella_jax.convert.to_torch",
+                 "export: paella-jax checkpoint -> PyTorch .pt/.ckpt/.safetensors or diffusers dir"),
 }
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(prog="python -m paella_jax.convert",
-                                   description="Convert PyTorch weights to paella-jax checkpoints.")
+                                   description="Convert PyTorch weights to paella-jax checkpoints "
+                                               "(and back: to-torch).")
   sub = parser.add_subparsers(dest="command", required=True)
   for name, (module_name, help_text) in COMMANDS.items():
     # add_help=False: "-h" reaches the chosen converter's own parser below.

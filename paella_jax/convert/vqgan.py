@@ -80,16 +80,16 @@ def _leaf_kind(path: tuple[str, ...], ndim: int) -> str:
 
 
 # Flax leaf axes, in the order of the PyTorch tensor's axes.
-_TORCH_AXES = {"conv": (3, 2, 0, 1), "conv_transpose": (2, 3, 0, 1), "dense": (1, 0)}
+TORCH_AXES = {"conv": (3, 2, 0, 1), "conv_transpose": (2, 3, 0, 1), "dense": (1, 0)}
 
 
-def _expected_torch_layout(params_shape: Any) -> dict[str, tuple[tuple[str, ...], str, tuple]]:
+def torch_layout(params_shape: Any) -> dict[str, tuple[tuple[str, ...], str, tuple]]:
   """torch key -> (flax path, leaf kind, torch shape) for every leaf of a Flax parameter tree."""
   layout = {}
   for key_path, leaf in jax.tree_util.tree_flatten_with_path(params_shape)[0]:
     path = tuple(k.key for k in key_path)
     kind = _leaf_kind(path, len(leaf.shape))
-    axes = _TORCH_AXES.get(kind, tuple(range(len(leaf.shape))))
+    axes = TORCH_AXES.get(kind, tuple(range(len(leaf.shape))))
     torch_key = f"{_torch_module_path(path[:-1])}.{_LEAF_NAMES[path[-1]]}"
     layout[torch_key] = (path, kind, tuple(leaf.shape[a] for a in axes))
   return layout
@@ -98,13 +98,13 @@ def _expected_torch_layout(params_shape: Any) -> dict[str, tuple[tuple[str, ...]
 def _params_from_state_dict(module, state_dict: Mapping[str, np.ndarray], what: str) -> dict:
   """Checks `state_dict` against `module`'s parameters and returns them as a Flax tree."""
   shapes = jax.eval_shape(lambda: init_params(module, jax.random.PRNGKey(0), module.factor))
-  layout = _expected_torch_layout(shapes)
+  layout = torch_layout(shapes)
   check_state_dict(state_dict, {k: v[2] for k, v in layout.items()}, what)
   params: dict = {}
   for key, (path, kind, _) in layout.items():
     value = np.asarray(state_dict[key], np.float32)
-    if kind in _TORCH_AXES:
-      value = value.transpose(np.argsort(_TORCH_AXES[kind]))
+    if kind in TORCH_AXES:
+      value = value.transpose(np.argsort(TORCH_AXES[kind]))
     node = params
     for name in path[:-1]:
       node = node.setdefault(name, {})
@@ -153,30 +153,65 @@ def _taming_module(state_dict: Mapping[str, np.ndarray], resolution: int, **over
 
 
 # ----------------------------------------------------------------------------------------------
-# diffusers VQModel -> taming key names
+# diffusers VQModel <-> taming key names: one table, read in both directions
 
-_DIFFUSERS_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v",
-                   "to_out.0": "proj_out", "query": "q", "key": "k", "value": "v",
-                   "proj_attn": "proj_out"}
+# Module paths (diffusers, taming, how taming numbers the "#" index): "same", "from1" (the middle
+# blocks count from 1) or "reversed" (taming counts the decoder's up levels from the top).
+_DIFFUSERS_MODULES = [
+    *[(f"{part}.{d}", f"{part}.{t}", index) for part in ("encoder", "decoder")
+      for d, t, index in (("conv_norm_out", "norm_out", None),
+                          ("mid_block.resnets.#", "mid.block_#", "from1"),
+                          ("mid_block.attentions.0", "mid.attn_1", None))],
+    ("encoder.down_blocks.#.resnets", "encoder.down.#.block", "same"),
+    ("encoder.down_blocks.#.attentions", "encoder.down.#.attn", "same"),
+    ("encoder.down_blocks.#.downsamplers.0", "encoder.down.#.downsample", "same"),
+    ("decoder.up_blocks.#.resnets", "decoder.up.#.block", "reversed"),
+    ("decoder.up_blocks.#.attentions", "decoder.up.#.attn", "reversed"),
+    ("decoder.up_blocks.#.upsamplers.0", "decoder.up.#.upsample", "reversed"),
+]
+# index -> index, given the number of levels: (diffusers -> taming, taming -> diffusers)
+_INDEX_MAPS = {"same": (lambda i, n: i, lambda i, n: i),
+               "from1": (lambda i, n: i + 1, lambda i, n: i - 1),
+               "reversed": (lambda i, n: n - 1 - i, lambda i, n: n - 1 - i)}
+# Layers inside a block: diffusers name -> taming name.
+_DIFFUSERS_LAYERS = {"conv_shortcut": "nin_shortcut", "group_norm": "norm", "to_q": "q",
+                     "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+# Attention layer names of older diffusers checkpoints, read as today's.
+_DIFFUSERS_LEGACY = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+# Attention projections are 1x1 convolutions in taming, Linear layers in diffusers.
+ATTENTION_PROJECTION = re.compile(r"\.(attn\.\d+|attn_1)\.(q|k|v|proj_out)\.weight$")
 
 
-def _taming_key(key: str, levels: int) -> str:
-  """A diffusers VQModel key in taming's naming (decoder up_blocks count from the bottom)."""
-  key = re.sub(r"^(encoder|decoder)\.conv_norm_out\.", r"\1.norm_out.", key)
-  key = re.sub(r"\.mid_block\.resnets\.(\d)\.", lambda m: f".mid.block_{int(m[1]) + 1}.", key)
-  key = key.replace(".mid_block.attentions.0.", ".mid.attn_1.")
-  key = re.sub(r"^encoder\.down_blocks\.(\d+)\.(resnets|attentions|downsamplers\.0)\.",
-               lambda m: f"encoder.down.{m[1]}." + {"resnets": "block.", "attentions": "attn.",
-                                                    "downsamplers.0": "downsample."}[m[2]], key)
-  key = re.sub(r"^decoder\.up_blocks\.(\d+)\.(resnets|attentions|upsamplers\.0)\.",
-               lambda m: f"decoder.up.{levels - 1 - int(m[1])}." + {
-                   "resnets": "block.", "attentions": "attn.", "upsamplers.0": "upsample."}[m[2]],
-               key)
-  key = key.replace(".conv_shortcut.", ".nin_shortcut.")
-  m = re.match(r"^(.*\.(?:attn\.\d+|attn_1))\.(.+)\.(weight|bias)$", key)
-  if m and m[2] in _DIFFUSERS_ATTN:
-    key = f"{m[1]}.{_DIFFUSERS_ATTN[m[2]]}.{m[3]}"
-  return key
+def _prefix_pattern(path: str) -> re.Pattern:
+  return re.compile("^" + r"(\d+)".join(map(re.escape, path.split("#"))) + r"\.")
+
+
+def _rename(key: str, levels: int, to_taming: bool) -> str:
+  """A VQModel key in the other library's naming, through `_DIFFUSERS_MODULES`/`_LAYERS`."""
+  src, dst = (0, 1) if to_taming else (1, 0)
+  for rule in _DIFFUSERS_MODULES:
+    m = _prefix_pattern(rule[src]).match(key)
+    if m:
+      path = rule[dst]
+      if rule[2]:
+        path = path.replace("#", str(_INDEX_MAPS[rule[2]][src](int(m[1]), levels)))
+      key = f"{path}.{key[m.end():]}"
+      break
+  layers = _DIFFUSERS_LAYERS if to_taming else {t: d for d, t in _DIFFUSERS_LAYERS.items()}
+  if to_taming:
+    layers = {**{old: layers[new] for old, new in _DIFFUSERS_LEGACY.items()}, **layers}
+  m = re.match(r"^(.*\.)?(" + "|".join(map(re.escape, layers)) + r")\.(weight|bias)$", key)
+  return f"{m[1] or ''}{layers[m[2]]}.{m[3]}" if m else key
+
+
+def taming_key(key: str, levels: int) -> str:
+  """A diffusers VQModel key in taming's naming."""
+  return _rename(key, levels, to_taming=True)
+
+
+def diffusers_key(key: str, levels: int) -> str:
+  """A taming VQGAN key in diffusers VQModel's naming (the inverse of `taming_key`)."""
+  return _rename(key, levels, to_taming=False)
 
 
 def _diffusers_block_types(state_dict: Mapping[str, np.ndarray]) -> dict[str, list[str]]:
@@ -209,11 +244,11 @@ def _from_diffusers_vqmodel(state_dict: Mapping[str, np.ndarray], config: Mappin
   levels = len(down)
   renamed = {}
   for key, value in state_dict.items():
-    new = _taming_key(key, levels)
-    if re.search(r"\.(attn\.\d+|attn_1)\.(q|k|v|proj_out)\.weight$", new) and value.ndim == 2:
+    new = taming_key(key, levels)
+    if ATTENTION_PROJECTION.search(new) and value.ndim == 2:
       value = value[:, :, None, None]  # diffusers' attention projections are Linear layers
     renamed[new] = value
-  resolution = 2 ** levels
+  resolution = max(int(config.get("sample_size", 0)), 2 ** levels)  # nominal: names the levels
   module = _taming_module(
       renamed, resolution, norm_groups=int(config.get("norm_num_groups", 32)),
       act=config.get("act_fn", "silu"),
@@ -223,6 +258,10 @@ def _from_diffusers_vqmodel(state_dict: Mapping[str, np.ndarray], config: Mappin
 
 # ----------------------------------------------------------------------------------------------
 # Paella v3 (diffusers PaellaVQModel)
+
+
+# PaellaVQ fields named otherwise in PaellaVQModel's config.json.
+PAELLA_CONFIG_NAMES = {"n_embed": "num_vq_embeddings"}
 
 
 def _paella_module(state_dict: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> PaellaVQ:
@@ -240,7 +279,7 @@ def _paella_module(state_dict: Mapping[str, np.ndarray], config: Mapping[str, An
       embed_dim=int(state_dict[f"down_blocks.{n_down - 1}.0.weight"].shape[1]),
       latent_channels=int(embed.shape[1]), n_embed=int(embed.shape[0]))
   for name in arch:  # the config, where present, must agree with the tensors
-    key = {"n_embed": "num_vq_embeddings"}.get(name, name)
+    key = PAELLA_CONFIG_NAMES.get(name, name)
     if key in config and config[key] != arch[name]:
       raise CheckpointMismatchError(f"config.json says {key}={config[key]} but the weights "
                                     f"have {arch[name]}")

@@ -1,0 +1,318 @@
+"""paella-jax checkpoints -> the original PyTorch formats: the converters run backwards.
+
+    to_torch("runs/tuned/model", "paella_v1.pt")       # the v1 DenoiseUNet's state_dict
+    python -m paella_jax.convert to-torch runs/tuned/model paella_v1.safetensors
+
+The tensors get the original code's key names and layouts through the same key maps the
+importers use (`convert/paella.py`, `convert/vqgan.py`), so a converted model exports to exactly
+the tensors it was converted from. OUT's suffix picks the format:
+
+  .pt .pth .bin   a flat state_dict (`torch.save`), for `load_state_dict(strict=True)`
+  .ckpt           `{"state_dict": ...}`, the Lightning layout taming and ruDALL-E read
+  .safetensors    a flat safetensors file (its metadata records where it came from)
+  no suffix       a diffusers model directory (`from_pretrained`): a VQGAN with a
+                  nearest-neighbour quantizer as `VQModel`, Paella v3's f4 VQGAN as
+                  `PaellaVQModel`
+
+Which weights: those the checkpoint holds (the trainer exports EMA or raw params, see
+`config.export`), in their stored dtype (bfloat16 stays bfloat16) unless `upcast` asks for
+float32. An existing OUT is replaced only with `overwrite`, and then only if it is a file or a
+directory this exporter wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import uuid
+from typing import Any, Callable, Mapping
+
+import numpy as np
+from flax.traverse_util import flatten_dict
+
+from paella_jax import checkpoint
+from paella_jax.convert import paella, vqgan
+from paella_jax.convert.torch_io import CheckpointMismatchError
+from paella_jax.models.vqgan import PaellaVQ, attention_levels, vqgan_config
+
+FILE_FORMATS = {".pt": "state_dict", ".pth": "state_dict", ".bin": "state_dict",
+                ".ckpt": "lightning", ".safetensors": "safetensors"}
+# Written into every exported diffusers directory: marks it as ours (for --overwrite) and
+# records the source checkpoint.
+EXPORT_RECORD = "paella_jax_export.json"
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+# ----------------------------------------------------------------------------------------------
+# Parameters -> PyTorch state dicts (numpy arrays, in the original's names and layouts)
+
+
+def _check_params(params: Any, expected: Mapping[tuple[str, ...], tuple[int, ...]],
+                  what: str) -> dict[tuple[str, ...], np.ndarray]:
+  """The flattened params, after checking their paths and shapes against the model's."""
+  flat = {k: np.asarray(v) for k, v in flatten_dict(params).items()}
+  problems = sorted(set(map("/".join, set(expected) ^ set(flat))))
+  problems += sorted(f"{'/'.join(k)}: checkpoint {flat[k].shape} vs model {expected[k]}"
+                     for k in set(expected) & set(flat) if tuple(flat[k].shape) != expected[k])
+  if problems:
+    raise CheckpointMismatchError(f"the parameters do not match {what}: "
+                                  + ", ".join(problems[:12])
+                                  + (f", ... ({len(problems)} in all)" if len(problems) > 12
+                                     else ""))
+  return flat
+
+
+def paella_v1_state_dict(config: Mapping[str, Any], params: Any) -> dict[str, np.ndarray]:
+  """Paella v1 params -> the original DenoiseUNet's state_dict (`paella.key_map`)."""
+  from paella_jax.models.paella import build_model
+  model = build_model(config)
+  mapping = paella.key_map(model)
+  flat = _check_params(params, paella.flax_shapes(model),
+                       f"Paella v1 DenoiseUNet {model.architecture()}")
+  return {torch_key: paella.TRANSFORMS[kind][1](flat[path]) for torch_key, path, kind in mapping}
+
+
+def vqgan_state_dict(config: Mapping[str, Any], params: Any) -> dict[str, np.ndarray]:
+  """VQGAN params -> taming's (VQGAN) or PaellaVQModel's (PaellaVQ) state_dict.
+
+  BatchNorm layers get `num_batches_tracked` = 0 (PyTorch keeps it; inference never reads it).
+  """
+  import jax
+  from paella_jax.models.vqgan import init_params, vqgan_from_config
+  module = vqgan_from_config(config)
+  shapes = jax.eval_shape(lambda: init_params(module, jax.random.PRNGKey(0), module.factor))
+  flat = _check_params(params, {k: tuple(v.shape) for k, v in flatten_dict(shapes).items()},
+                       f"{type(module).__name__} {config}")
+  state_dict = {}
+  for key, (path, kind, _) in vqgan.torch_layout(shapes).items():
+    value = flat[path]
+    state_dict[key] = (value.transpose(vqgan.TORCH_AXES[kind]) if kind in vqgan.TORCH_AXES
+                       else value)
+    if key.endswith(".running_mean"):
+      state_dict[key[:-len("running_mean")] + "num_batches_tracked"] = np.zeros((), np.int64)
+  return state_dict
+
+
+def _not_yet(kind: str) -> Callable:
+  def export(config, params):
+    raise ValueError(f"exporting {kind!r} checkpoints to PyTorch is not supported yet")
+  return export
+
+
+EXPORTERS = {paella.KIND: paella_v1_state_dict, "vqgan": vqgan_state_dict,
+             "paella_v3": _not_yet("paella_v3")}
+
+
+def _check_taming_file(config: Mapping[str, Any]) -> None:
+  """Refuses a taming-layout file for a VQGAN that taming's code cannot build."""
+  from paella_jax.models.vqgan import vqgan_from_config
+  module = vqgan_from_config(config)
+  if isinstance(module, PaellaVQ):
+    return
+  unlike = ([f"norm_groups={module.norm_groups}"] if module.norm_groups != 32 else []) + (
+      [f"act={module.act!r}"] if module.act not in ("swish", "silu") else [])
+  if unlike:
+    raise ValueError(f"taming's Encoder/Decoder have GroupNorm(32) and swish; this VQGAN has "
+                     f"{', '.join(unlike)}: write a diffusers directory (OUT without a suffix)")
+
+
+# ----------------------------------------------------------------------------------------------
+# diffusers directories
+
+
+def _diffusers_vqgan(config: Mapping[str, Any], state_dict: Mapping[str, np.ndarray]
+                     ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+  """(config.json, state_dict) of the diffusers model class that holds this VQGAN."""
+  from paella_jax.models.vqgan import vqgan_from_config
+  module = vqgan_from_config(config)
+  if isinstance(module, PaellaVQ):
+    fields = {k: v for k, v in vqgan_config(module).items() if k != "architecture"}
+    return ({"_class_name": "PaellaVQModel",
+             **{vqgan.PAELLA_CONFIG_NAMES.get(k, k): v for k, v in fields.items()}},
+            dict(state_dict))
+  if module.quantizer != "vq":
+    raise ValueError(f"a VQGAN with the {module.quantizer!r} quantizer has no diffusers model "
+                     "class (diffusers' VQModel quantizes by nearest neighbour); write a .ckpt, "
+                     ".pt or .safetensors file with taming's keys instead")
+  if module.ch_mult[0] != 1:
+    raise ValueError(f"ch_mult {tuple(module.ch_mult)} does not start with 1: diffusers' VQModel "
+                     "cannot hold this VQGAN; write a .ckpt, .pt or .safetensors file instead")
+  levels = len(module.ch_mult)
+  attention = attention_levels(module.resolution, levels, module.attn_resolutions)
+  kind = lambda i, plain: ("Attn" if i in attention else "") + plain
+  diffusers_config = {
+      "_class_name": "VQModel", "in_channels": module.in_channels,
+      "out_channels": module.out_channels,
+      "down_block_types": [kind(i, "DownEncoderBlock2D") for i in range(levels)],
+      "up_block_types": [kind(i, "UpDecoderBlock2D") for i in reversed(range(levels))],
+      "block_out_channels": [module.ch * m for m in module.ch_mult],
+      "layers_per_block": module.num_res_blocks, "act_fn": module.act,
+      "latent_channels": module.z_channels, "vq_embed_dim": module.embed_dim,
+      "num_vq_embeddings": module.n_embed, "norm_num_groups": module.norm_groups,
+      "sample_size": module.resolution, "mid_block_add_attention": module.mid_attention,
+      "norm_type": "group"}
+  renamed = {}
+  for key, value in state_dict.items():
+    if vqgan.ATTENTION_PROJECTION.search(key):
+      value = value[:, :, 0, 0]  # taming's 1x1 convolutions are Linear layers in diffusers
+    renamed[vqgan.diffusers_key(key, levels)] = value
+  return diffusers_config, renamed
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+
+
+def _torch_tensors(state_dict: Mapping[str, np.ndarray]) -> dict[str, Any]:
+  import torch
+  out = {}
+  for key, value in state_dict.items():
+    value = np.asarray(value, order="C")  # (torch needs positive strides)
+    if value.dtype.name == "bfloat16":  # numpy has no bfloat16 of its own: move the bits
+      out[key] = torch.from_numpy(value.view(np.int16)).view(torch.bfloat16)
+    else:
+      out[key] = torch.from_numpy(value)
+  return out
+
+
+def _safetensors(path: str, tensors: Mapping[str, Any], metadata: Mapping[str, str]) -> None:
+  from safetensors.torch import save_file
+  save_file(dict(tensors), path, metadata={"format": "pt", **metadata})
+
+
+def _out_format(out: str) -> str:
+  suffix = os.path.splitext(out)[1].lower()
+  if suffix in FILE_FORMATS:
+    return FILE_FORMATS[suffix]
+  if suffix:
+    raise ValueError(f"unknown output suffix {suffix!r} in {out}: use one of "
+                     f"{', '.join(FILE_FORMATS)}, or no suffix for a diffusers directory")
+  return "diffusers"
+
+
+def _check_out(out: str, fmt: str, overwrite: bool) -> None:
+  """Refuses an OUT whose parent is missing, or that exists (unless overwrite allows it)."""
+  parent = os.path.dirname(out)
+  if not os.path.isdir(parent):
+    raise FileNotFoundError(f"the folder to write {os.path.basename(out)} into does not exist: "
+                            f"{parent}")
+  if not os.path.lexists(out):
+    return
+  if not overwrite:
+    raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+  if fmt == "diffusers":
+    if not os.path.isfile(os.path.join(out, EXPORT_RECORD)):
+      raise FileExistsError(f"{out} exists and is not a directory written by this exporter (no "
+                            f"{EXPORT_RECORD}); --overwrite replaces only those")
+  elif not os.path.isfile(out):
+    raise FileExistsError(f"{out} exists and is not a file; --overwrite replaces only a file")
+
+
+def _is_float(dtype: np.dtype) -> bool:
+  return dtype.kind == "f" or dtype.name == "bfloat16"
+
+
+def _exporter(kind: str, checkpoint_dir: str) -> Callable:
+  if kind not in EXPORTERS:
+    raise ValueError(f"{checkpoint_dir} holds a {kind!r} model, which has no PyTorch export; "
+                     f"to-torch exports {', '.join(EXPORTERS)}")
+  return EXPORTERS[kind]
+
+
+def torch_state_dict(checkpoint_dir: str | os.PathLike, upcast: bool = False
+                     ) -> dict[str, np.ndarray]:
+  """The model of a paella-jax checkpoint as a state_dict in the original's keys and layouts,
+  as numpy arrays; bfloat16 params stay bfloat16 (ml_dtypes arrays) unless `upcast`.
+
+  Raises ValueError for a kind that has no PyTorch export.
+  """
+  checkpoint_dir = os.fspath(checkpoint_dir)
+  export = _exporter(checkpoint.read_model_description(checkpoint_dir)["kind"], checkpoint_dir)
+  _, config, params = checkpoint.load_model(checkpoint_dir)
+  state_dict = export(config, params)
+  if upcast:
+    state_dict = {k: v.astype(np.float32) if _is_float(v.dtype) else v
+                  for k, v in state_dict.items()}
+  return state_dict
+
+
+def to_torch(checkpoint_dir: str | os.PathLike, out: str | os.PathLike, upcast: bool = False,
+             overwrite: bool = False) -> str:
+  """Writes the model of a paella-jax checkpoint in the original PyTorch format OUT's suffix
+  names (see the module docstring); returns OUT's absolute path.
+
+  Raises ValueError for an unknown kind or suffix (or a VQGAN diffusers cannot hold),
+  FileNotFoundError when OUT's folder is missing, FileExistsError when OUT exists and
+  `overwrite` is off or OUT is not something this exporter replaces.
+  """
+  checkpoint_dir = os.fspath(checkpoint_dir)
+  out = os.path.abspath(os.fspath(out))
+  fmt = _out_format(out)
+  _check_out(out, fmt, overwrite)
+  desc = checkpoint.read_model_description(checkpoint_dir)
+  kind, meta = desc["kind"], desc["meta"]
+  _exporter(kind, checkpoint_dir)
+  if fmt == "diffusers" and kind != "vqgan":
+    raise ValueError(f"a {kind!r} model has no diffusers format; give OUT one of the suffixes "
+                     f"{', '.join(FILE_FORMATS)}")
+  if fmt != "diffusers" and kind == "vqgan":
+    _check_taming_file(desc["config"])
+  state_dict = torch_state_dict(checkpoint_dir, upcast)
+  record = {"source": os.path.abspath(checkpoint_dir), "kind": kind,
+            "weights": str(meta.get("weights", "params")),
+            "dtype": "float32" if upcast else str(meta.get("dtype", "float32"))}
+  tmp = f"{out}.tmp.{uuid.uuid4().hex[:8]}"
+  try:
+    if fmt == "diffusers":
+      diffusers_config, state_dict = _diffusers_vqgan(desc["config"], state_dict)
+      os.makedirs(tmp)
+      with open(os.path.join(tmp, "config.json"), "w") as f:
+        json.dump(diffusers_config, f, indent=2)
+      _safetensors(os.path.join(tmp, DIFFUSERS_WEIGHTS), _torch_tensors(state_dict), record)
+      with open(os.path.join(tmp, EXPORT_RECORD), "w") as f:
+        json.dump(record, f, indent=2)
+      if os.path.lexists(out):  # an export of ours (checked above)
+        old = f"{out}.old.{uuid.uuid4().hex[:8]}"
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old)
+      else:
+        os.replace(tmp, out)
+    else:
+      if fmt == "safetensors":
+        _safetensors(tmp, _torch_tensors(state_dict), record)
+      else:
+        import torch
+        tensors = _torch_tensors(state_dict)
+        torch.save({"state_dict": tensors} if fmt == "lightning" else tensors, tmp)
+      os.replace(tmp, out)
+  finally:
+    if os.path.isdir(tmp):
+      shutil.rmtree(tmp)
+    elif os.path.lexists(tmp):
+      os.remove(tmp)
+  return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("checkpoint", help="paella-jax checkpoint directory (model.json + params), "
+                      "e.g. WORKDIR/model from training")
+  parser.add_argument("out", help="output: .pt/.pth/.bin (state_dict), .ckpt (taming/Lightning "
+                      "{'state_dict': ...}), .safetensors, or no suffix for a diffusers directory")
+  parser.add_argument("--upcast", action="store_true",
+                      help="write bfloat16 params as float32 (default: as stored)")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="replace OUT if it is a file or a directory this command wrote")
+
+
+def run(args: argparse.Namespace) -> None:
+  out = to_torch(args.checkpoint, args.out, upcast=args.upcast, overwrite=args.overwrite)
+  meta = checkpoint.read_model_description(args.checkpoint)
+  print(f"wrote the {meta['kind']} model of {args.checkpoint} "
+        f"({meta['meta'].get('weights', 'params')} weights) to {out}")
