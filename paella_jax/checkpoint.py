@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import uuid
 from typing import Any, Mapping
 
@@ -186,6 +187,7 @@ def load_model(ckpt_dir: str | os.PathLike, expected_kind: str | None = None
     with ocp.PyTreeCheckpointer() as ckptr:
       params = ckptr.restore(params_dir)
   except Exception as e:  # noqa: BLE001  Orbax and TensorStore raise plain Exceptions
+    quiet_failed_reads()
     raise ValueError(f"{ckpt_dir}: the weights under {PARAMS_DIR}/ cannot be read "
                      f"({error_reason(e)}); convert or export the model again") from e
   if HASH_KEY in desc:
@@ -214,3 +216,23 @@ def error_reason(error: BaseException) -> str:
     error = error.__cause__ or error.__context__
   text = " ".join(str(error).split()) or type(error).__name__
   return text if len(text) <= 200 else text[:197] + "..."
+
+
+def quiet_failed_reads() -> None:
+  """Drops, for the rest of the process, the reports a failed Orbax read leaves behind: its
+  abandoned read coroutines (each repeating the error with a TensorStore spec of 50 lines) and
+  TensorStore callbacks into the closed event loop ("Event loop is closed"), which Python
+  prints through sys.unraisablehook long after the error itself. Other reports pass."""
+  previous = sys.unraisablehook
+  if getattr(previous, "quiet_failed_reads", False):
+    return
+
+  def hook(unraisable):
+    code = getattr(unraisable.object, "cr_code", None)
+    if ((isinstance(unraisable.exc_value, RuntimeError)
+         and str(unraisable.exc_value) == "Event loop is closed")
+        or (code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename)):
+      return
+    previous(unraisable)
+  hook.quiet_failed_reads = True
+  sys.unraisablehook = hook

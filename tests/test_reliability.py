@@ -68,8 +68,8 @@ def test_weights_hash_is_the_checkpoint_id(tmp_path):
 
 
 def _largest_params_file(ckpt):
-  files = [os.path.join(d, f) for d, _, fs in os.walk(ckpt / "params") for f in fs]
-  return max(files, key=os.path.getsize)
+  return max((p for p in (ckpt / "params").rglob("*") if p.is_file()),
+             key=lambda p: p.stat().st_size)
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -81,14 +81,14 @@ def test_damaged_weights_are_named(damage, message, tmp_path):
   ckpt = tmp_path / "model"
   save_model(ckpt, _params(), "test", {})
   path = _largest_params_file(ckpt)
-  data = bytearray(open(path, "rb").read())
+  data = bytearray(path.read_bytes())
   if damage == "flip":
     data[len(data) // 2] ^= 0x10
-    open(path, "wb").write(bytes(data))
+    path.write_bytes(bytes(data))
   elif damage == "truncate":
-    open(path, "wb").write(bytes(data[:-7]))
+    path.write_bytes(bytes(data[:-7]))
   else:
-    os.remove(path)
+    path.unlink()
   with pytest.raises(ValueError, match=message) as info:
     load_model(ckpt)
   assert str(ckpt) in str(info.value) and "\n" not in str(info.value)
@@ -188,9 +188,8 @@ def _save(workdir, states):
 
 def _truncate_step(workdir, step):
   data_dir = workdir / "checkpoints" / str(step) / "state" / "ocdbt.process_0" / "d"
-  path = max((data_dir / name for name in os.listdir(data_dir)), key=os.path.getsize)
-  data = open(path, "rb").read()
-  open(path, "wb").write(data[:len(data) // 3])
+  path = max(data_dir.iterdir(), key=lambda p: p.stat().st_size)
+  path.write_bytes(path.read_bytes()[:path.stat().st_size // 3])
 
 
 def test_training_falls_back_to_the_newest_readable_checkpoint(tmp_path, caplog):

@@ -3,9 +3,10 @@ checkpoint that can be read.
 
 A step that cannot be restored (a truncated or damaged file) is reported in one warning line
 and the next older step is restored instead; the unreadable steps are then moved to
-WORKDIR/checkpoints.unreadable/STEP (kept for inspection, out of the way of new saves). A
-workdir trained with another model is one error naming a parameter and both shapes, before any
-array is read.
+WORKDIR/checkpoints.unreadable/STEP (kept for inspection, out of the way of new saves). In a
+multi-process job a step counts as restored only when every process restored it. A workdir
+trained with another model is one error naming a parameter and both shapes, before any array
+is read.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import logging
 import os
 
 import jax
+import numpy as np
 
-from paella_jax.checkpoint import error_reason, tree_leaves_by_name
+from paella_jax.checkpoint import error_reason, quiet_failed_reads, tree_leaves_by_name
 from paella_jax.training.step import TrainState
 
 log = logging.getLogger("paella_jax.training")
@@ -48,13 +50,18 @@ def restore_checkpoint(manager, abstract_state: TrainState) -> tuple[TrainState,
       saved = _saved_shapes(manager, step)
     except Exception as e:  # noqa: BLE001  Orbax and TensorStore raise plain Exceptions
       failed.append((step, error_reason(e)))
+      quiet_failed_reads()
       continue
     _check_shapes(saved, abstract_state, manager.directory, step)
+    reason = None
     try:
       restored = manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
     except Exception as e:  # noqa: BLE001
-      failed.append((step, error_reason(e)))
+      reason = error_reason(e)
+      quiet_failed_reads()
+    if not _everywhere(reason is None):  # each process reads its own shards of the arrays
+      failed.append((step, reason or "unreadable on another process"))
       continue
     if failed:
       _set_aside(manager, failed, step)
@@ -63,6 +70,14 @@ def restore_checkpoint(manager, abstract_state: TrainState) -> tuple[TrainState,
     raise ValueError(f"no checkpoint in {manager.directory} can be restored (step "
                      f"{failed[0][0]}: {failed[0][1]}); move that directory away to start afresh")
   return None
+
+
+def _everywhere(ok: bool) -> bool:
+  """Whether `ok` holds on every process (so that all of them restore the same step)."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils
+  return bool(np.all(multihost_utils.process_allgather(np.array(ok))))
 
 
 def _saved_shapes(manager, step: int) -> dict[str, tuple[int, ...]]:
@@ -104,7 +119,7 @@ def _set_aside(manager, failed: list[tuple[int, str]], restored: int) -> None:
   import orbax.checkpoint as ocp
   directory = os.fspath(manager.directory)
   aside = os.path.join(os.path.dirname(directory), UNREADABLE_DIR)
-  for step, reason in failed:
+  for step, reason in failed if jax.process_index() == 0 else ():
     log.warning("checkpoint step %d cannot be restored (%s); resuming from step %d (step %d "
                 "moved to %s)", step, reason, restored, step, aside)
   if jax.process_index() == 0:
