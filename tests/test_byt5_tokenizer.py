@@ -1,4 +1,4 @@
-"""The offline ByT5 tokenizer against transformers' ByT5Tokenizer (which needs no vocabulary file)."""
+"""The offline ByT5 tokenizer against transformers' ByT5Tokenizer (it needs no vocabulary file)."""
 
 import numpy as np
 import pytest

@@ -19,7 +19,8 @@ from configs import clip_vit_h14
 from paella_jax.convert.clip import (clip_from_pretrained, open_clip_config, open_clip_to_hf,
                                      params_from_hf_state_dict)
 from paella_jax.encoders.clip import preprocess_v3
-from paella_jax.models.clip import CLIP_MEAN, CLIP_STD, ClipConfig, TextConfig, VisionConfig, init_params
+from paella_jax.models.clip import (CLIP_MEAN, CLIP_STD, ClipConfig, TextConfig, VisionConfig,
+                                    init_params)
 from paella_jax.tokenizer import ClipTokenizer
 
 TOL = 1e-4

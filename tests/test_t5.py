@@ -150,8 +150,8 @@ def test_padded_batch_gives_each_prompt_its_states(converted):
   encoder = ByT5Encoder(model, params, tokenizer, batch_size=3, pad_multiple=16)
   hidden, mask = encoder.encode(PROMPTS)
   assert hidden.shape[:2] == mask.shape and mask.shape[1] % 16 == 0 and mask.dtype == bool
-  np.testing.assert_array_equal(mask, np.pad(tokenizer(PROMPTS) != 0,
-                                             ((0, 0), (0, mask.shape[1] - tokenizer(PROMPTS).shape[1]))))
+  ids = tokenizer(PROMPTS)
+  np.testing.assert_array_equal(mask, np.pad(ids != 0, ((0, 0), (0, mask.shape[1] - ids.shape[1]))))
   apply = jax.jit(model.apply)
   unmasked = np.asarray(apply({"params": params}, tokenizer(PROMPTS)))
   for i, prompt in enumerate(PROMPTS):

@@ -78,7 +78,8 @@ def _is_encoder_key(key: str) -> bool:
 
 
 def _read_encoder(path: str) -> dict[str, np.ndarray]:
-  """The encoder's tensors of one weight file as float32 numpy (safetensors: only those are read)."""
+  """The encoder's tensors of one weight file as float32 numpy (from safetensors, only they are
+  read)."""
   if path.endswith(".safetensors"):
     from safetensors import safe_open
     with safe_open(path, framework="pt") as f:

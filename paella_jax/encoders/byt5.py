@@ -151,7 +151,8 @@ class ByT5Encoder:
     mask = ids != PAD_ID
     outputs = []
     for start in range(0, len(ids), self.batch_size):
-      chunk_ids, chunk_mask = ids[start:start + self.batch_size], mask[start:start + self.batch_size]
+      chunk_ids = ids[start:start + self.batch_size]
+      chunk_mask = mask[start:start + self.batch_size]
       rows, pad = len(chunk_ids), self.batch_size - len(chunk_ids)
       chunk_ids = np.concatenate([chunk_ids, np.repeat(chunk_ids[-1:], pad, axis=0)])
       chunk_mask = np.concatenate([chunk_mask, np.repeat(chunk_mask[-1:], pad, axis=0)])

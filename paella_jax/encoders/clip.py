@@ -129,7 +129,8 @@ def bicubic_matrix(out_size: int, in_size: int, antialias: bool) -> np.ndarray:
       src = scale * (i + 0.5) - 0.5
       base = int(np.floor(src))
       for k in range(-1, 3):
-        weights[i, min(max(base + k, 0), in_size - 1)] += _cubic(np.asarray(src - (base + k)), -0.75)
+        tap = min(max(base + k, 0), in_size - 1)
+        weights[i, tap] += _cubic(np.asarray(src - (base + k)), -0.75)
   return weights.astype(np.float32)
 
 

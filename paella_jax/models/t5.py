@@ -1,7 +1,7 @@
 """The T5 encoder (Raffel et al. 2020) in Flax linen, as T5 v1.1, ByT5 and Paella v3 use it.
 
     model = T5Encoder(T5Config(...))
-    hidden = model.apply({"params": p}, ids, attention_mask=None)   # (B, L) int -> (B, L, d_model) f32
+    hidden = model.apply({"params": p}, ids, attention_mask=mask)  # (B, L) -> (B, L, d_model) f32
 
 Layout (Hugging Face `T5EncoderModel`): token embedding -> `num_layers` pre-norm blocks
 (RMS norm, self-attention, residual; RMS norm, feed-forward, residual) -> RMS norm. No biases
@@ -57,7 +57,8 @@ class T5Config:
 
   def __post_init__(self):
     parts = self.feed_forward_proj.split("-")
-    if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated") or self.activation not in ACTIVATIONS:
+    gated_ok = len(parts) == 1 or (len(parts) == 2 and parts[0] == "gated")
+    if not gated_ok or self.activation not in ACTIVATIONS:
       raise ValueError(f"unsupported feed_forward_proj {self.feed_forward_proj!r}; expected ACT or "
                        f"gated-ACT with ACT in {list(ACTIVATIONS)}")
     if self.relative_attention_num_buckets < 4:
@@ -119,8 +120,8 @@ class RMSNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
-                       (x.shape[-1],), self.param_dtype)
+    init = nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",))
+    scale = self.param("scale", init, (x.shape[-1],), self.param_dtype)
     x = x.astype(jnp.float32)
     x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.eps)
     return x * scale.astype(jnp.float32)
@@ -162,8 +163,8 @@ class FeedForward(nn.Module):
     dense = lambda n, axes, name: _dense(n, axes, name, self.dtype, self.param_dtype)
     act = ACTIVATIONS[self.activation]
     if self.gated:
-      h = act(dense(self.d_ff, ("embed", "mlp"), "wi_0")(x)) * dense(self.d_ff, ("embed", "mlp"),
-                                                                     "wi_1")(x)
+      h = act(dense(self.d_ff, ("embed", "mlp"), "wi_0")(x))
+      h = h * dense(self.d_ff, ("embed", "mlp"), "wi_1")(x)
     else:
       h = act(dense(self.d_ff, ("embed", "mlp"), "wi")(x))
     return dense(x.shape[-1], ("mlp", "embed"), "wo")(h.astype(self.dtype))
