@@ -162,4 +162,5 @@ class ByT5Encoder:
 
   def null(self, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The unconditional input of guidance and caption dropout: the encoding of "" (n rows)."""
-    return self.encode([""] * n)
+    hidden, mask = self.encode([""])
+    return np.repeat(hidden, n, axis=0), np.repeat(mask, n, axis=0)
