@@ -215,6 +215,8 @@ def read_entry(example) -> list:
   def size(part) -> int:
     if part is None:
       return -1
+    if isinstance(part, str):
+      return len(part.encode("utf-8", "replace"))
     return part.nbytes if isinstance(part, np.ndarray) else len(part)
   return [example.key, size(example.image), size(example.caption)]
 
