@@ -13,7 +13,7 @@ from paella_jax.checkpoint import save_model
 from paella_jax.convert import paella_v1_from_torch, vqgan_from_torch
 from paella_jax.convert.__main__ import main
 from paella_jax.convert.to_torch import EXPORT_RECORD, to_torch, torch_state_dict
-from paella_jax.models.vqgan import vqgan_config
+from paella_jax.encoders.vq import save_vqgan
 from tests.test_vqgan import (TAMING_CONFIGS, nchw, nhwc, random_images, randomize,
                               taming_state_dict)
 from tests.torch_reference import ReferenceUNet
@@ -35,10 +35,6 @@ def assert_same_tensors(exported, original):
   assert sorted(exported) == sorted(original)
   for key, value in original.items():
     assert exported[key].dtype == value.dtype and torch.equal(exported[key], value), key
-
-
-def save_vqgan_checkpoint(path, module, params):
-  return save_model(path, params, "vqgan", vqgan_config(module))
 
 
 # ---------------------------------------------------------------------------------- Paella v1
@@ -106,8 +102,12 @@ def test_trained_model_exports_to_the_same_logits(trained, tmp_path):
   c = rng.standard_normal((2, config["c_clip"])).astype(np.float32)
   r = np.array([0.2, 0.9], np.float32)
   logits = model.apply({"params": params}, jnp.asarray(x), jnp.asarray(c), jnp.asarray(r))
+  stored = ReferenceUNet(**config).eval()
+  stored.load_state_dict(as_stored, strict=True)  # bfloat16 tensors load into float32 modules
   with torch.no_grad():
     expected = ref(torch.tensor(x), torch.tensor(c), torch.tensor(r)).numpy()
+    np.testing.assert_array_equal(stored(torch.tensor(x), torch.tensor(c), torch.tensor(r)).numpy(),
+                                  expected)
   np.testing.assert_allclose(np.asarray(logits), expected.transpose(0, 2, 3, 1), atol=1e-4, rtol=0)
 
 
@@ -131,7 +131,7 @@ class TamingVQGAN(torch.nn.Module):
 def test_rudalle_gumbel_round_trip(reference_dir, tmp_path):
   source = reference_dir / "rudalle_gumbel_vqgan_tiny.ckpt"
   module, params = vqgan_from_torch(source, resolution=32)
-  ckpt = save_vqgan_checkpoint(tmp_path / "vq", module, params)
+  ckpt = save_vqgan(tmp_path / "vq", module, params)
   exported = load_file(to_torch(ckpt, tmp_path / "vqgan.ckpt"))
   assert set(exported) == {"state_dict"}  # the Lightning layout taming and ruDALL-E read
   assert_same_tensors(exported["state_dict"], load_file(source)["state_dict"])
@@ -151,12 +151,12 @@ def test_rudalle_gumbel_round_trip(reference_dir, tmp_path):
 def test_taming_vq_to_diffusers_directory(tmp_path):
   """taming weights -> ours -> a diffusers VQModel directory computing what taming computes."""
   from diffusers import VQModel
-  cfg, quantizer, image_shape = TAMING_CONFIGS["attn_16_8_4"]
+  cfg, quantizer, _ = TAMING_CONFIGS["attn_16_8_4"]
   state_dict, reference = taming_state_dict(cfg, quantizer, seed=3)
   module, params = vqgan_from_torch(state_dict, resolution=cfg["resolution"])
-  out = to_torch(save_vqgan_checkpoint(tmp_path / "vq", module, params), tmp_path / "diffusers")
+  out = to_torch(save_vqgan(tmp_path / "vq", module, params), tmp_path / "diffusers")
   model = VQModel.from_pretrained(out).eval()
-  images = random_images(image_shape, seed=1)
+  images = random_images((1, 16, 24, 3), seed=1)
   codes, decoded = reference(images)
   with torch.no_grad():
     h = model.encode(2 * nchw(images) - 1).latents
@@ -184,7 +184,7 @@ def test_diffusers_round_trip(tmp_path, name):
   randomize(original, seed=7)
   original.save_pretrained(tmp_path / "original")
   module, params = vqgan_from_torch(tmp_path / "original")
-  out = to_torch(save_vqgan_checkpoint(tmp_path / "vq", module, params), tmp_path / "export")
+  out = to_torch(save_vqgan(tmp_path / "vq", module, params), tmp_path / "export")
   exported = cls.from_pretrained(out).eval()
   shown = lambda c: json.loads(json.dumps({k: v for k, v in c.items() if not k.startswith("_")}))
   assert shown(exported.config) == shown(original.config)
@@ -193,9 +193,11 @@ def test_diffusers_round_trip(tmp_path, name):
   with torch.no_grad():
     decoded = [m.decode(m.encode(images).latents).sample.numpy() for m in (exported, original)]
   np.testing.assert_allclose(*decoded, atol=TOL, rtol=0)
-  if cls is PaellaVQModel:  # also as a flat file, in the original's key names
-    flat = to_torch(tmp_path / "vq", tmp_path / "vq.safetensors")
-    assert_same_tensors(load_file(flat), original.state_dict())
+  if cls is PaellaVQModel:  # as a file: the layout of Paella v3's own vqgan_f4.pt
+    flat = load_file(to_torch(tmp_path / "vq", tmp_path / "vq.pt"))
+    flat["vquantizer.embedding.weight"] = flat.pop("vquantizer.codebook.weight")
+    assert_same_tensors(flat, original.state_dict())
+    jax.tree.map(np.testing.assert_array_equal, vqgan_from_torch(tmp_path / "vq.pt")[1], params)
   else:  # taming's code fixes GroupNorm(32): this VQModel (8 groups) has no taming file
     with pytest.raises(ValueError, match="norm_groups=8: write a diffusers directory"):
       to_torch(tmp_path / "vq", tmp_path / "vq.safetensors")
@@ -231,7 +233,7 @@ def test_diffusers_directory_is_replaced_only_with_overwrite(tmp_path):
   original = randomize(VQModel(block_out_channels=(8,), latent_channels=4, norm_num_groups=4,
                                num_vq_embeddings=8), seed=2)
   original.save_pretrained(tmp_path / "original")
-  ckpt = save_vqgan_checkpoint(tmp_path / "vq", *vqgan_from_torch(tmp_path / "original"))
+  ckpt = save_vqgan(tmp_path / "vq", *vqgan_from_torch(tmp_path / "original"))
   out = tmp_path / "export"
   to_torch(ckpt, out)
   record = json.loads((out / EXPORT_RECORD).read_text())
@@ -259,7 +261,7 @@ def test_clear_errors(v1_checkpoint, reference_dir, tmp_path):
   v3 = save_model(tmp_path / "v3", {"w": np.zeros(2)}, "paella_v3", {})
   with pytest.raises(ValueError, match="'paella_v3'.*not supported yet"):
     to_torch(v3, tmp_path / "v3.pt")
-  gumbel = save_vqgan_checkpoint(tmp_path / "gumbel", *vqgan_from_torch(
+  gumbel = save_vqgan(tmp_path / "gumbel", *vqgan_from_torch(
       reference_dir / "rudalle_gumbel_vqgan_tiny.ckpt", resolution=32))
   with pytest.raises(ValueError, match="'gumbel' quantizer has no diffusers model"):
     to_torch(gumbel, tmp_path / "gumbel_diffusers")

@@ -35,6 +35,7 @@ from flax.traverse_util import flatten_dict
 from paella_jax import checkpoint
 from paella_jax.convert import paella, vqgan
 from paella_jax.convert.torch_io import CheckpointMismatchError
+from paella_jax.encoders.vq import KIND as VQ_KIND
 from paella_jax.models.vqgan import PaellaVQ, attention_levels, vqgan_config
 
 FILE_FORMATS = {".pt": "state_dict", ".pth": "state_dict", ".bin": "state_dict",
@@ -75,7 +76,8 @@ def paella_v1_state_dict(config: Mapping[str, Any], params: Any) -> dict[str, np
 
 
 def vqgan_state_dict(config: Mapping[str, Any], params: Any) -> dict[str, np.ndarray]:
-  """VQGAN params -> taming's (VQGAN) or PaellaVQModel's (PaellaVQ) state_dict.
+  """VQGAN params -> the state_dict of taming's VQGAN (ruDALL-E's GumbelVQ, taming's VQModel)
+  or of Paella v3's f4 VQModel (`vqgan_f4.pt`).
 
   BatchNorm layers get `num_batches_tracked` = 0 (PyTorch keeps it; inference never reads it).
   """
@@ -88,6 +90,7 @@ def vqgan_state_dict(config: Mapping[str, Any], params: Any) -> dict[str, np.nda
   state_dict = {}
   for key, (path, kind, _) in vqgan.torch_layout(shapes).items():
     value = flat[path]
+    key = vqgan.PAELLA_ORIGINAL_KEYS.get(key, key) if isinstance(module, PaellaVQ) else key
     state_dict[key] = (value.transpose(vqgan.TORCH_AXES[kind]) if kind in vqgan.TORCH_AXES
                        else value)
     if key.endswith(".running_mean"):
@@ -101,7 +104,7 @@ def _not_yet(kind: str) -> Callable:
   return export
 
 
-EXPORTERS = {paella.KIND: paella_v1_state_dict, "vqgan": vqgan_state_dict,
+EXPORTERS = {paella.KIND: paella_v1_state_dict, VQ_KIND: vqgan_state_dict,
              "paella_v3": _not_yet("paella_v3")}
 
 
@@ -129,9 +132,10 @@ def _diffusers_vqgan(config: Mapping[str, Any], state_dict: Mapping[str, np.ndar
   module = vqgan_from_config(config)
   if isinstance(module, PaellaVQ):
     fields = {k: v for k, v in vqgan_config(module).items() if k != "architecture"}
+    diffusers_names = {original: d for d, original in vqgan.PAELLA_ORIGINAL_KEYS.items()}
     return ({"_class_name": "PaellaVQModel",
              **{vqgan.PAELLA_CONFIG_NAMES.get(k, k): v for k, v in fields.items()}},
-            dict(state_dict))
+            {diffusers_names.get(k, k): v for k, v in state_dict.items()})
   if module.quantizer != "vq":
     raise ValueError(f"a VQGAN with the {module.quantizer!r} quantizer has no diffusers model "
                      "class (diffusers' VQModel quantizes by nearest neighbour); write a .ckpt, "
@@ -254,10 +258,10 @@ def to_torch(checkpoint_dir: str | os.PathLike, out: str | os.PathLike, upcast: 
   desc = checkpoint.read_model_description(checkpoint_dir)
   kind, meta = desc["kind"], desc["meta"]
   _exporter(kind, checkpoint_dir)
-  if fmt == "diffusers" and kind != "vqgan":
+  if fmt == "diffusers" and kind != VQ_KIND:
     raise ValueError(f"a {kind!r} model has no diffusers format; give OUT one of the suffixes "
                      f"{', '.join(FILE_FORMATS)}")
-  if fmt != "diffusers" and kind == "vqgan":
+  if fmt != "diffusers" and kind == VQ_KIND:
     _check_taming_file(desc["config"])
   state_dict = torch_state_dict(checkpoint_dir, upcast)
   record = {"source": os.path.abspath(checkpoint_dir), "kind": kind,

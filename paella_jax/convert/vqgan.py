@@ -262,6 +262,9 @@ def _from_diffusers_vqmodel(state_dict: Mapping[str, np.ndarray], config: Mappin
 
 # PaellaVQ fields named otherwise in PaellaVQModel's config.json.
 PAELLA_CONFIG_NAMES = {"n_embed": "num_vq_embeddings"}
+# Paella v3's own VQModel (`vqgan_f4.pt`, with torchtools' VectorQuantize) names the codebook
+# otherwise than diffusers' PaellaVQModel: diffusers key -> original key.
+PAELLA_ORIGINAL_KEYS = {"vquantizer.embedding.weight": "vquantizer.codebook.weight"}
 
 
 def _paella_module(state_dict: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> PaellaVQ:
@@ -330,6 +333,9 @@ def vqgan_from_torch(source, resolution: int = 256, norm_groups: int = 32,
   Raises CheckpointMismatchError when the weights are not a supported VQGAN.
   """
   state_dict, config, what = _read_source(source)
+  if not config and set(PAELLA_ORIGINAL_KEYS.values()) & set(state_dict):  # Paella's vqgan_f4.pt
+    diffusers_names = {original: d for d, original in PAELLA_ORIGINAL_KEYS.items()}
+    state_dict = {diffusers_names.get(k, k): v for k, v in state_dict.items()}
   class_name = config.get("_class_name")
   if class_name == "PaellaVQModel" or (not config and "vquantizer.embedding.weight" in state_dict):
     module = _paella_module(state_dict, config)
