@@ -77,16 +77,16 @@ def _is_encoder_key(key: str) -> bool:
   return key.startswith("encoder.") or key == "shared.weight"
 
 
-def _read_encoder(path: str) -> dict[str, np.ndarray]:
-  """The encoder's tensors of one weight file as float32 numpy (from safetensors, only they are
-  read)."""
+def _read_encoder(path: str, dtype: Any) -> dict[str, np.ndarray]:
+  """The encoder's tensors of one weight file as numpy arrays of `dtype`, converted one at a
+  time (from safetensors, only the encoder's tensors are read)."""
+  convert = lambda key, tensor: to_numpy_state_dict({key: tensor})[key].astype(dtype, copy=False)
   if path.endswith(".safetensors"):
     from safetensors import safe_open
     with safe_open(path, framework="pt") as f:
-      tensors = {k: f.get_tensor(k) for k in f.keys() if _is_encoder_key(k)}
-  else:
-    tensors = {k: v for k, v in load_torch_file(path).items() if _is_encoder_key(k)}
-  return to_numpy_state_dict(tensors)
+      return {k: convert(k, f.get_tensor(k)) for k in f.keys() if _is_encoder_key(k)}
+  tensors = {k: v for k, v in load_torch_file(path).items() if _is_encoder_key(k)}
+  return {k: convert(k, tensors.pop(k)) for k in list(tensors)}
 
 
 def params_from_hf_state_dict(state_dict: Mapping[str, np.ndarray], config: T5Config, what: str,
@@ -110,7 +110,7 @@ def params_from_hf_state_dict(state_dict: Mapping[str, np.ndarray], config: T5Co
   flat = {}
   for p in flat_shapes:
     x = state_dict[_hf_key(p)]
-    flat[p] = (x.T if p[-1] == "kernel" else x).astype(param_dtype)
+    flat[p] = (x.T if p[-1] == "kernel" else x).astype(param_dtype, copy=False)
   return traverse_util.unflatten_dict(flat)
 
 
@@ -119,8 +119,7 @@ def _load_hf_dir(directory: str, param_dtype: Any):
     config = t5_config_from_hf(json.load(f))
   state_dict = {}
   for path in _hf_weight_files(directory):
-    shard = _read_encoder(path)
-    state_dict.update({k: v.astype(param_dtype) for k, v in shard.items()})
+    state_dict.update(_read_encoder(path, param_dtype))
   if not state_dict:
     raise CheckpointMismatchError(f"{directory}: the weights hold no T5 encoder tensors "
                                   "(encoder.*, shared.weight)")
