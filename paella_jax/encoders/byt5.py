@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import linen as nn
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from paella_jax import checkpoint
 from paella_jax.byt5_tokenizer import PAD_ID, ByT5Tokenizer
