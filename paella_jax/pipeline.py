@@ -21,8 +21,6 @@ this class.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -43,12 +41,6 @@ class Result:
   images: np.ndarray | None
   labels: list[str]
   settings: SamplerSettings
-
-
-def model_id(directory: str) -> str:
-  """The id sidecars record for a model directory: a short hash of its model.json."""
-  description = checkpoint.read_model_description(directory)
-  return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _prompt_list(prompts: str | Sequence[str], least: int = 1) -> list[str]:
@@ -117,7 +109,7 @@ class Pipeline:
                sampling=meta.get("sampling") or family_defaults(description["kind"]), latent_shape=meta.get("latent_shape", (32, 32)),
                clip_dir=clip or checkpoint.recorded_path(directory, meta, "clip_checkpoint"),
                vqgan_dir=vqgan or checkpoint.recorded_path(directory, meta, "vqgan_checkpoint"),
-               model_id=model_id(directory), batch_size=batch_size)
+               model_id=checkpoint.checkpoint_id(description), batch_size=batch_size)
 
   # --------------------------------------------------------------------------- components
 

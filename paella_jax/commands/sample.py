@@ -232,7 +232,7 @@ def write_outputs(out: str, result, record: dict) -> None:
 
 def replay(args) -> str:
   """Reruns the command recorded in a sidecar (same seed and settings) into args.out."""
-  from paella_jax.pipeline import model_id
+  from paella_jax.checkpoint import checkpoint_id
   from paella_jax.sampling import SAMPLER_VERSION
   with open(args.sidecar) as f:
     record = json.load(f)
@@ -242,7 +242,7 @@ def replay(args) -> str:
                      f"{SAMPLER_VERSION}, which draws other codes from the same seed, so it cannot "
                      "regenerate the image exactly (rerun the command to sample anew)")
   recorded = argparse.Namespace(**record["args"], out=args.out, overwrite=args.overwrite)
-  if model_id(recorded.checkpoint) != record["checkpoint_id"]:
+  if checkpoint_id(recorded.checkpoint) != record["checkpoint_id"]:
     raise ValueError(f"{recorded.checkpoint} is not the checkpoint that made {args.sidecar} "
                      "(its weights or description changed)")
   # The recorded settings are the ones that were used: replay them, whatever the defaults now.
