@@ -106,7 +106,8 @@ class Pipeline:
     _, config, params = checkpoint.load_model(directory, expected_kind=description["kind"])
     meta = description.get("meta", {})
     return cls(build_model(config), jax.device_put(params), kind=description["kind"],
-               sampling=meta.get("sampling") or family_defaults(description["kind"]), latent_shape=meta.get("latent_shape", (32, 32)),
+               sampling=meta.get("sampling") or family_defaults(description["kind"]),
+               latent_shape=meta.get("latent_shape", (32, 32)),
                clip_dir=clip or checkpoint.recorded_path(directory, meta, "clip_checkpoint"),
                vqgan_dir=vqgan or checkpoint.recorded_path(directory, meta, "vqgan_checkpoint"),
                model_id=checkpoint.checkpoint_id(description), batch_size=batch_size)
