@@ -69,7 +69,8 @@ class SamplerSettings:
       object.__setattr__(self, "typical_mass", mass)
     if (isinstance(self.typical_min_tokens, bool) or not isinstance(self.typical_min_tokens, int)
         or self.typical_min_tokens < 1):
-      raise ValueError(f"typical_min_tokens must be an integer >= 1, got {self.typical_min_tokens!r}")
+      raise ValueError("typical_min_tokens must be an integer >= 1, got "
+                       f"{self.typical_min_tokens!r}")
     temperature = tuple(self.temperature)
     if len(temperature) != 2:
       raise ValueError(f"temperature must be (start, end), got {self.temperature!r}")
@@ -117,5 +118,6 @@ class SamplerSettings:
 def family_defaults(kind: str) -> dict[str, Any]:
   """The sampling record a converter writes into model.json for a model family."""
   if kind not in FAMILY_DEFAULTS:
-    raise ValueError(f"no sampling defaults for model kind {kind!r}; one of {sorted(FAMILY_DEFAULTS)}")
+    raise ValueError(f"no sampling defaults for model kind {kind!r}; "
+                     f"one of {sorted(FAMILY_DEFAULTS)}")
   return FAMILY_DEFAULTS[kind]

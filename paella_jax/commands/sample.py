@@ -12,10 +12,11 @@
     python sample.py multi --prompt "a red circle" --prompt "a blue square" --layout columns
     python sample.py replay outputs/0001.json --out again/               # regenerate exactly
 
-Every command writes (into --out, or a fresh numbered folder under outputs/) NNNN.png per image with a JSON sidecar (all arguments, the seed, every
-sampler setting and the sampler version, the checkpoint ids: enough to regenerate the image bit
-for bit with `replay`), grid.png, codes.npy and codes.json; `interpolate` also writes interpolation.gif. A non-empty --out
-is refused unless --overwrite, which replaces only the files this command writes.
+Every command writes, into --out or a fresh numbered folder under outputs/, NNNN.png per image
+with a JSON sidecar (all arguments, the seed, every sampler setting and the sampler version, the
+checkpoint ids: enough to regenerate the image bit for bit with `replay`), grid.png, codes.npy
+and codes.json; `interpolate` also writes interpolation.gif. A non-empty --out is refused unless
+--overwrite, which replaces only the files this command writes.
 The model's checkpoint records its CLIP and VQGAN (--clip/--vqgan override them). Sampler
 defaults come from the checkpoint's model.json, per mode (for v1 the paper's: cfg 5 to generate,
 4 to interpolate and outpaint, 6 to inpaint and edit; editing runs 24 steps from step 8 with
@@ -185,8 +186,9 @@ def output_dir(args) -> str:
                             "an earlier run there, or choose another --out")
     others = [n for n in os.listdir(args.out) if not OUR_FILES.match(n)]
     if others:
-      raise FileExistsError(f"{args.out} holds files sample.py did not write ({', '.join(sorted(others)[:3])}"
-                            f"{', ...' if len(others) > 3 else ''}); choose another --out")
+      shown = ", ".join(sorted(others)[:3]) + (", ..." if len(others) > 3 else "")
+      raise FileExistsError(f"{args.out} holds files sample.py did not write ({shown}); "
+                            "choose another --out")
     for name in os.listdir(args.out):
       os.remove(os.path.join(args.out, name))
   os.makedirs(args.out, exist_ok=True)
