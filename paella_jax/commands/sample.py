@@ -10,7 +10,7 @@
     python sample.py vary --image in.png --batch-size 4
     python sample.py interpolate --prompt "a red circle" --prompt "a blue circle" --frames 8
     python sample.py multi --prompt "a red circle" --prompt "a blue square" --layout columns
-    python sample.py replay outputs/0001.json --out again/               # regenerate exactly
+    python sample.py replay outputs/000/0001.json --out again/           # regenerate exactly
 
 Every command writes, into --out or a fresh numbered folder under outputs/, NNNN.png per image
 with a JSON sidecar (all arguments, the seed, every sampler setting and the sampler version, the
