@@ -25,23 +25,22 @@ from paella_jax.models.paella import DenoiseUNet, build_model, init_params
 
 KIND = "paella_v1"
 
-# How a PyTorch tensor becomes a Flax parameter and back, for each kind of `key_map` entry:
-# (to Flax, to PyTorch). The importer, the exporter and the expected PyTorch shapes all use it.
-TRANSFORMS = {
-    "copy": (lambda w: w, lambda w: w),
-    "linear": (lambda w: w.T, lambda w: w.T),       # (out, in) <-> (in, out)
-    "conv": (lambda w: w.transpose(2, 3, 1, 0),     # (out, in, kh, kw) <-> (kh, kw, in, out)
-             lambda w: w.transpose(3, 2, 0, 1)),
-    "conv_transpose": (lambda w: w.transpose(2, 3, 0, 1)[::-1, ::-1],  # (in, out, kh, kw) <->
-                       lambda w: w[::-1, ::-1].transpose(2, 3, 0, 1)),  # (kh, kw, in, out) flipped
-    "scalar": (lambda w: w.reshape(()), lambda w: w.reshape(1, 1, 1)),  # (1, 1, 1) <-> ()
+# How a PyTorch tensor becomes a Flax parameter, and the PyTorch shape expected for a Flax
+# shape (the exporter derives the way back from these two).
+TO_FLAX = {
+    "copy": lambda w: w,
+    "linear": lambda w: w.T,                                  # (out, in) -> (in, out)
+    "conv": lambda w: w.transpose(2, 3, 1, 0),                # (out, in, kh, kw) -> (kh, kw, in, out)
+    "conv_transpose": lambda w: w.transpose(2, 3, 0, 1)[::-1, ::-1],  # (in, out, kh, kw), flipped
+    "scalar": lambda w: w.reshape(()),                         # (1, 1, 1) -> ()
 }
-
-
-def torch_shape(kind: str, flax_shape: tuple[int, ...]) -> tuple[int, ...]:
-  """The PyTorch shape of a parameter of this kind whose Flax shape is `flax_shape`."""
-  return TRANSFORMS[kind][1](np.broadcast_to(np.float32(0), flax_shape)).shape
-
+TORCH_SHAPE = {
+    "copy": lambda s: s,
+    "linear": lambda s: s[::-1],
+    "conv": lambda s: (s[3], s[2], s[0], s[1]),
+    "conv_transpose": lambda s: (s[2], s[3], s[0], s[1]),
+    "scalar": lambda s: (1, 1, 1),
+}
 
 _RESBLOCK = [  # (torch suffix, flax path inside the block, transform)
     ("gamma", ("layer_scale",), "copy"),
@@ -146,11 +145,11 @@ def paella_v1_from_torch(path_or_state_dict, c_r: int = 64, dtype=jnp.float32
   model = build_model(dict(infer_architecture(sd, c_r), dtype=dtype))
   mapping = key_map(model)
   shapes = flax_shapes(model)
-  expected = {tk: torch_shape(kind, shapes[fp]) for tk, fp, kind in mapping}
+  expected = {tk: tuple(TORCH_SHAPE[kind](shapes[fp])) for tk, fp, kind in mapping}
   check_state_dict(sd, expected, f"Paella v1 DenoiseUNet {model.architecture()}")
   params: dict = {}
   for torch_key, flax_path, kind in mapping:
-    _set(params, flax_path, np.array(TRANSFORMS[kind][0](sd[torch_key]), np.float32))
+    _set(params, flax_path, np.array(TO_FLAX[kind](sd[torch_key]), np.float32))
   return model, params
 
 

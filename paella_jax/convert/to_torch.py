@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import uuid
@@ -65,14 +66,44 @@ def _check_params(params: Any, expected: Mapping[tuple[str, ...], tuple[int, ...
   return flat
 
 
+def _from_key_map(entries, flat: Mapping[tuple[str, ...], np.ndarray], to_flax: Callable,
+                  torch_shape: Callable) -> dict[str, np.ndarray]:
+  """PyTorch tensors from Flax params through an importer's key map, (torch key, flax path,
+  kind) entries, by running the importer's own `to_flax(kind, tensor, flax_shape)` on each
+  tensor's element indices: that says which tensor element every Flax value came from, so any
+  rearrangement it makes (transposes, flips, reshapes, one packed tensor split over several
+  parameters) is undone exactly. Every element must come from exactly one parameter."""
+  by_key: dict[str, list] = {}
+  for torch_key, path, kind in entries:
+    by_key.setdefault(torch_key, []).append((path, kind))
+  state_dict = {}
+  for torch_key, parts in by_key.items():
+    tensor, covered = None, None
+    for path, kind in parts:
+      value = flat[path]
+      shape = tuple(torch_shape(kind, value.shape))
+      if tensor is None:
+        tensor, covered = np.zeros(shape, value.dtype), np.zeros(math.prod(shape), np.int8)
+      index = to_flax(kind, np.arange(tensor.size).reshape(shape), value.shape)
+      index = np.asarray(index).reshape(-1)
+      tensor.reshape(-1)[index] = value.reshape(-1)
+      covered[index] += 1
+    if not (covered == 1).all():
+      raise CheckpointMismatchError(f"the key map does not give every element of {torch_key} "
+                                    "exactly once")
+    state_dict[torch_key] = tensor
+  return state_dict
+
+
 def paella_v1_state_dict(config: Mapping[str, Any], params: Any) -> dict[str, np.ndarray]:
   """Paella v1 params -> the original DenoiseUNet's state_dict (`paella.key_map`)."""
   from paella_jax.models.paella import build_model
   model = build_model(config)
-  mapping = paella.key_map(model)
   flat = _check_params(params, paella.flax_shapes(model),
                        f"Paella v1 DenoiseUNet {model.architecture()}")
-  return {torch_key: paella.TRANSFORMS[kind][1](flat[path]) for torch_key, path, kind in mapping}
+  return _from_key_map(paella.key_map(model), flat,
+                       lambda kind, w, shape: paella.TO_FLAX[kind](w),
+                       lambda kind, shape: paella.TORCH_SHAPE[kind](shape))
 
 
 def vqgan_state_dict(config: Mapping[str, Any], params: Any) -> dict[str, np.ndarray]:
@@ -242,6 +273,14 @@ def torch_state_dict(checkpoint_dir: str | os.PathLike, upcast: bool = False
   return state_dict
 
 
+def _record(checkpoint_dir: str, desc: Mapping[str, Any], upcast: bool) -> dict[str, str]:
+  """Where an export came from: source checkpoint, kind, weights (ema/params) and dtype."""
+  meta = desc["meta"]
+  return {"source": os.path.abspath(checkpoint_dir), "kind": desc["kind"],
+          "weights": str(meta.get("weights", "params")),
+          "dtype": "float32" if upcast else str(meta.get("dtype", "float32"))}
+
+
 def to_torch(checkpoint_dir: str | os.PathLike, out: str | os.PathLike, upcast: bool = False,
              overwrite: bool = False) -> str:
   """Writes the model of a paella-jax checkpoint in the original PyTorch format OUT's suffix
@@ -256,7 +295,7 @@ def to_torch(checkpoint_dir: str | os.PathLike, out: str | os.PathLike, upcast: 
   fmt = _out_format(out)
   _check_out(out, fmt, overwrite)
   desc = checkpoint.read_model_description(checkpoint_dir)
-  kind, meta = desc["kind"], desc["meta"]
+  kind = desc["kind"]
   _exporter(kind, checkpoint_dir)
   if fmt == "diffusers" and kind != VQ_KIND:
     raise ValueError(f"a {kind!r} model has no diffusers format; give OUT one of the suffixes "
@@ -264,9 +303,7 @@ def to_torch(checkpoint_dir: str | os.PathLike, out: str | os.PathLike, upcast: 
   if fmt != "diffusers" and kind == VQ_KIND:
     _check_taming_file(desc["config"])
   state_dict = torch_state_dict(checkpoint_dir, upcast)
-  record = {"source": os.path.abspath(checkpoint_dir), "kind": kind,
-            "weights": str(meta.get("weights", "params")),
-            "dtype": "float32" if upcast else str(meta.get("dtype", "float32"))}
+  record = _record(checkpoint_dir, desc, upcast)
   tmp = f"{out}.tmp.{uuid.uuid4().hex[:8]}"
   try:
     if fmt == "diffusers":
@@ -317,6 +354,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
   out = to_torch(args.checkpoint, args.out, upcast=args.upcast, overwrite=args.overwrite)
-  meta = checkpoint.read_model_description(args.checkpoint)
-  print(f"wrote the {meta['kind']} model of {args.checkpoint} "
-        f"({meta['meta'].get('weights', 'params')} weights) to {out}")
+  record = _record(args.checkpoint, checkpoint.read_model_description(args.checkpoint),
+                   args.upcast)
+  print(f"wrote the {record['kind']} model of {args.checkpoint} ({record['weights']} weights, "
+        f"{record['dtype']}) to {out}")
