@@ -10,6 +10,7 @@ import importlib
 
 _EXPORTS = {
     "paella_v1_from_torch": "paella_jax.convert.paella",
+    "paella_v3_from_torch": "paella_jax.convert.paella_v3",
     "vqgan_from_torch": "paella_jax.convert.vqgan",
     "clip_from_pretrained": "paella_jax.convert.clip",
     "t5_encoder_from_pretrained": "paella_jax.convert.t5",

@@ -10,6 +10,7 @@ import importlib
 
 COMMANDS = {
     "paella-v1": ("paella_jax.convert.paella", "Paella v1 token predictor (model_600000.pt)"),
+    "paella-v3": ("paella_jax.convert.paella_v3", "Paella v3 token predictor (paella_v3.pt)"),
     "vqgan": ("paella_jax.convert.vqgan", "VQGAN: taming/ruDALL-E ckpt or diffusers VQModel dir"),
     "clip": ("paella_jax.convert.clip", "CLIP: Hugging Face CLIPModel dir or open_clip ckpt"),
     "t5": ("paella_jax.convert.t5", "T5/ByT5 encoder: Hugging Face dir (e.g. google/byt5-xl)"),
