@@ -1,6 +1,7 @@
 """Export to PyTorch (`paella_jax.convert.to_torch`): original weights -> our checkpoint ->
-to-torch -> the original PyTorch modules (the v1 reference, taming, diffusers) reproduce the
-original outputs; a model trained in JAX exports to the same logits; bad requests fail clearly."""
+to-torch -> the original PyTorch modules (the v1 and v3 references, taming, diffusers) reproduce
+the original outputs; a model trained in JAX exports to the same logits; bad requests fail
+clearly."""
 
 import json
 
@@ -10,13 +11,15 @@ import numpy as np
 import pytest
 
 from paella_jax.checkpoint import save_model
-from paella_jax.convert import paella_v1_from_torch, vqgan_from_torch
+from paella_jax.convert import paella_v1_from_torch, paella_v3_from_torch, vqgan_from_torch
 from paella_jax.convert.__main__ import main
 from paella_jax.convert.to_torch import EXPORT_RECORD, to_torch, torch_state_dict
 from paella_jax.encoders.vq import save_vqgan
 from tests.test_vqgan import (TAMING_CONFIGS, nchw, nhwc, random_images, randomize,
                               taming_state_dict)
+from tests.test_paella_v3_model import CONDITIONINGS, fixture_config
 from tests.torch_reference import ReferenceUNet
+from tests.torch_reference_v3 import ReferenceV3
 
 torch = pytest.importorskip("torch")
 
@@ -109,6 +112,25 @@ def test_trained_model_exports_to_the_same_logits(trained, tmp_path):
     np.testing.assert_array_equal(stored(torch.tensor(x), torch.tensor(c), torch.tensor(r)).numpy(),
                                   expected)
   np.testing.assert_allclose(np.asarray(logits), expected.transpose(0, 2, 3, 1), atol=1e-4, rtol=0)
+
+
+# ---------------------------------------------------------------------------------- Paella v3
+
+def test_v3_fixture_round_trip(reference_dir, tmp_path):
+  """q, k and v go back into MultiheadAttention's packed in_proj tensors, bit for bit."""
+  source = reference_dir / "paella_v3_tiny.pt"
+  model, params = paella_v3_from_torch(source, nhead=[-1, 4, 4])
+  ckpt = save_model(tmp_path / "v3", params, "paella_v3", model.architecture())
+  state_dict = load_file(to_torch(ckpt, tmp_path / "paella_v3.safetensors"))
+  assert_same_tensors(state_dict, torch.load(source, weights_only=True))
+  io = np.load(reference_dir / "paella_v3_tiny_io.npz")
+  ref = ReferenceV3(**fixture_config(io)).eval()
+  ref.load_state_dict(state_dict, strict=True)
+  t = lambda k: torch.from_numpy(io[k])
+  with torch.no_grad():
+    for which, extra in CONDITIONINGS.items():
+      out = ref(t("x"), t("r"), t("byt5"), **{k: t(k) for k in extra})
+      np.testing.assert_allclose(out.numpy(), io[f"logits_{which}"], atol=TOL, rtol=0)
 
 
 # ---------------------------------------------------------------------------------- VQGANs
@@ -258,9 +280,10 @@ def test_clear_errors(v1_checkpoint, reference_dir, tmp_path):
   clip = save_model(tmp_path / "clip", {"w": np.zeros(2)}, "clip", {})
   with pytest.raises(ValueError, match="'clip' model, which has no PyTorch export"):
     to_torch(clip, tmp_path / "clip.pt")
-  v3 = save_model(tmp_path / "v3", {"w": np.zeros(2)}, "paella_v3", {})
-  with pytest.raises(ValueError, match="'paella_v3'.*not supported yet"):
-    to_torch(v3, tmp_path / "v3.pt")
+  v1 = save_model(tmp_path / "v1", {"w": np.zeros(2)}, "paella_v1", dict(
+      num_labels=8, c_hidden=8, c_clip=4, c_r=4, down_levels=[1], up_levels=[1]))
+  with pytest.raises(ValueError, match=r"(?s)v1.*missing keys: clf/bias.*unexpected keys: w"):
+    to_torch(v1, tmp_path / "v1.pt")
   gumbel = save_vqgan(tmp_path / "gumbel", *vqgan_from_torch(
       reference_dir / "rudalle_gumbel_vqgan_tiny.ckpt", resolution=32))
   with pytest.raises(ValueError, match="'gumbel' quantizer has no diffusers model"):

@@ -1,11 +1,12 @@
 """paella-jax checkpoints -> the original PyTorch formats: the converters run backwards.
 
-    to_torch("runs/tuned/model", "paella_v1.pt")       # the v1 DenoiseUNet's state_dict
+    to_torch("runs/tuned/model", "paella_v1.pt")     # the predictor's original state_dict
     python -m paella_jax.convert to-torch runs/tuned/model paella_v1.safetensors
 
-The tensors get the original code's key names and layouts through the same key maps the
-importers use (`convert/paella.py`, `convert/vqgan.py`), so a converted model exports to exactly
-the tensors it was converted from. OUT's suffix picks the format:
+The tensors get the original code's key names and layouts through the same key maps and
+transforms the importers use (`convert/paella.py`, `convert/paella_v3.py`, `convert/vqgan.py`),
+so a converted model exports to exactly the tensors it was converted from. OUT's suffix picks
+the format:
 
   .pt .pth .bin   a flat state_dict (`torch.save`), for `load_state_dict(strict=True)`
   .ckpt           `{"state_dict": ...}`, the Lightning layout taming and ruDALL-E read
@@ -34,8 +35,8 @@ import numpy as np
 from flax.traverse_util import flatten_dict
 
 from paella_jax import checkpoint
-from paella_jax.convert import paella, vqgan
-from paella_jax.convert.torch_io import CheckpointMismatchError
+from paella_jax.convert import paella, paella_v3, vqgan
+from paella_jax.convert.torch_io import CheckpointMismatchError, check_state_dict
 from paella_jax.encoders.vq import KIND as VQ_KIND
 from paella_jax.models.vqgan import PaellaVQ, attention_levels, vqgan_config
 
@@ -55,14 +56,8 @@ def _check_params(params: Any, expected: Mapping[tuple[str, ...], tuple[int, ...
                   what: str) -> dict[tuple[str, ...], np.ndarray]:
   """The flattened params, after checking their paths and shapes against the model's."""
   flat = {k: np.asarray(v) for k, v in flatten_dict(params).items()}
-  problems = sorted(set(map("/".join, set(expected) ^ set(flat))))
-  problems += sorted(f"{'/'.join(k)}: checkpoint {flat[k].shape} vs model {expected[k]}"
-                     for k in set(expected) & set(flat) if tuple(flat[k].shape) != expected[k])
-  if problems:
-    raise CheckpointMismatchError(f"the parameters do not match {what}: "
-                                  + ", ".join(problems[:12])
-                                  + (f", ... ({len(problems)} in all)" if len(problems) > 12
-                                     else ""))
+  check_state_dict({"/".join(k): v for k, v in flat.items()},
+                   {"/".join(k): v for k, v in expected.items()}, what)
   return flat
 
 
@@ -106,6 +101,18 @@ def paella_v1_state_dict(config: Mapping[str, Any], params: Any) -> dict[str, np
                        lambda kind, shape: paella.TORCH_SHAPE[kind](shape))
 
 
+def paella_v3_state_dict(config: Mapping[str, Any], params: Any) -> dict[str, np.ndarray]:
+  """Paella v3 params -> the original `Paella`'s state_dict (`paella_v3.key_map`; q, k and v go
+  back into MultiheadAttention's packed in_proj tensors)."""
+  from paella_jax.models.paella_v3 import build_model
+  model = build_model(config)
+  flat = _check_params(params, paella_v3._flax_shapes(model),
+                       f"Paella v3 {model.architecture()}")
+  return _from_key_map(paella_v3.key_map(model), flat,
+                       lambda kind, w, shape: paella_v3._TO_FLAX[kind](w, shape).reshape(shape),
+                       lambda kind, shape: paella_v3._TORCH_SHAPE[kind](shape))
+
+
 def vqgan_state_dict(config: Mapping[str, Any], params: Any) -> dict[str, np.ndarray]:
   """VQGAN params -> the state_dict of taming's VQGAN (ruDALL-E's GumbelVQ, taming's VQModel)
   or of Paella v3's f4 VQModel (`vqgan_f4.pt`).
@@ -129,14 +136,8 @@ def vqgan_state_dict(config: Mapping[str, Any], params: Any) -> dict[str, np.nda
   return state_dict
 
 
-def _not_yet(kind: str) -> Callable:
-  def export(config, params):
-    raise ValueError(f"exporting {kind!r} checkpoints to PyTorch is not supported yet")
-  return export
-
-
-EXPORTERS = {paella.KIND: paella_v1_state_dict, VQ_KIND: vqgan_state_dict,
-             "paella_v3": _not_yet("paella_v3")}
+EXPORTERS = {paella.KIND: paella_v1_state_dict, paella_v3.KIND: paella_v3_state_dict,
+             VQ_KIND: vqgan_state_dict}
 
 
 def _check_taming_file(config: Mapping[str, Any]) -> None:
