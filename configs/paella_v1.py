@@ -13,7 +13,10 @@ def get_config():
   c = ml_collections.ConfigDict()
   c.model = ml_collections.ConfigDict(dict(
       num_labels=8192, c_hidden=1280, c_clip=1024, c_r=64,
-      down_levels=(4, 8, 16), up_levels=(16, 8, 4), dtype="float32", param_dtype="float32"))
+      down_levels=(4, 8, 16), up_levels=(16, 8, 4), dtype="float32", param_dtype="float32",
+      # Recompute activations in the backward pass to save memory: "none", "block" (each
+      # ResBlock keeps only its inputs) or "dots" (its inputs and matmul outputs).
+      remat="none"))
   c.latent_shape = (32, 32)  # 256 x 256 images through the f8 VQGAN
   # The image tokenizer and text encoder this model pairs with (for data preparation, sampling).
   c.vqgan = vqgan_sber_f8.get_config()
@@ -39,11 +42,16 @@ def get_config():
   # Devices as (data, fsdp, tensor) within a slice; one -1 takes the remaining devices.
   # dcn_shape splits the same axes across slices (multi-slice); the mesh is their product.
   c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1), dcn_shape=(1, 1, 1)))
-  # Logical axes of the parameters (see models/paella.py) and "batch" -> mesh axes.
-  # With fsdp > 1 the "embed" axis of every weight and its Adam moments is split over fsdp.
+  # Logical axes of the parameters and activations (see models/paella.py) -> mesh axes.
+  # Activations: "batch" over data x fsdp; channels ("act_embed") whole; the MLP's hidden units
+  # ("act_mlp") and the logits ("act_vocab") over tensor. Parameters: with fsdp > 1 the "embed"
+  # axis of every weight and its Adam moments is split over fsdp (gathered layer by layer), the
+  # "mlp" and "vocab" axes over tensor (tensor-parallel channel MLPs: column then row split).
   c.sharding = ml_collections.ConfigDict(dict(rules=(
-      ("batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "tensor"), ("vocab", "tensor"),
-      ("cond", None), ("conv_in", None))))
+      ("batch", ("data", "fsdp")), ("act_embed", None), ("act_mlp", "tensor"),
+      ("act_vocab", "tensor"),
+      ("embed", "fsdp"), ("mlp", "tensor"), ("vocab", "tensor"), ("cond", None),
+      ("conv_in", None))))
 
   # The inference checkpoint written to WORKDIR/model at the end: "ema" or "params" weights,
   # stored as "float32" or "bfloat16".

@@ -38,6 +38,7 @@ class Report:
   device_kind: str
   num_devices: int
   mesh: dict
+  remat: str
   global_batch: int
   argument_bytes: int
   temp_bytes: int
@@ -61,7 +62,7 @@ class Report:
     verdict = {True: "FITS", False: "DOES NOT FIT", None: "UNKNOWN (no HBM size for this chip)"}
     return "\n".join([
         f"topology       {self.topology}: {self.num_devices} x {self.device_kind}",
-        f"mesh           {self.mesh}",
+        f"mesh           {self.mesh}, remat {self.remat}",
         f"global batch   {self.global_batch} ({self.global_batch / self.num_devices:g} per device)",
         "per device:",
         f"  arguments    {gb(self.argument_bytes)}  (params, optimizer state, EMA, batch shard)",
@@ -80,6 +81,11 @@ def tpu_devices(topology: str, num_slices: int = 1):
   from jax.experimental import topologies
   # libtpu refuses a second loader on the same machine unless told it may (no TPU is opened).
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  if "tpu" not in (jax.config.jax_platforms or ""):
+    # No TPU is used here: describe this machine as a single host without one, instead of
+    # letting libtpu query a TPU VM's metadata and log errors about what it cannot find.
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    os.environ.setdefault("TPU_HOST_BOUNDS", "1,1,1")
   return topologies.get_topology_desc(topology_name=topology, platform="tpu",
                                       num_slices=num_slices).devices
 
@@ -99,7 +105,7 @@ def compile_report(config, devices, topology: str, global_batch: int | None = No
   cost = compiled.cost_analysis()
   kind = devices[0].device_kind
   info = chip_info(kind)
-  return Report(topology, kind, len(devices), dict(trainer.mesh.shape), batch,
+  return Report(topology, kind, len(devices), dict(trainer.mesh.shape), trainer.model.remat, batch,
                 memory.argument_size_in_bytes, memory.temp_size_in_bytes,
                 memory.output_size_in_bytes, memory.alias_size_in_bytes,
                 float(cost.get("flops", 0.0)), info[1] if info else None)
@@ -110,6 +116,8 @@ def main(argv):
   config = flags.FLAGS.config
   if config is None:
     raise app.UsageError("--config is required")
+  if "JAX_PLATFORMS" not in os.environ:
+    jax.config.update("jax_platforms", "cpu")  # the host only traces; a local TPU stays free
   devices = tpu_devices(flags.FLAGS.topology, flags.FLAGS.num_slices)
   try:
     report = compile_report(config, devices, flags.FLAGS.topology, flags.FLAGS.global_batch)

@@ -1,8 +1,9 @@
 """Device meshes, logical-axis rules and data-parallel helpers.
 
-Parameters of the models carry logical axis names (see `models/`); a config maps them onto the
-mesh axes ("data", "fsdp", "tensor") with its `sharding.rules` (`make_mesh`, `logical_shardings`).
-The logical axis "batch" names the mesh axes a batch's leading axis is split over.
+Parameters and activations of the models carry logical axis names (see `models/`); a config
+maps them onto the mesh axes ("data", "fsdp", "tensor") with its `sharding.rules` (`make_mesh`,
+`logical_shardings` for parameters, `with_logical_rules` for the activation constraints). The
+logical axis "batch" names the mesh axes a batch's leading axis is split over.
 """
 
 from __future__ import annotations
@@ -113,6 +114,20 @@ def logical_shardings(specs: Any, mesh: Mesh, rules: Any) -> Any:
   """Maps a tree of logical PartitionSpecs (from `nn.get_partition_spec`) to NamedShardings."""
   from flax import linen as nn
   return nn.logical_to_mesh_sharding(specs, mesh, logical_rules(rules))
+
+
+def with_logical_rules(fn: Callable[..., Any], mesh: Mesh, rules: Any) -> Callable[..., Any]:
+  """`fn` traced with `mesh` and the logical axis `rules` in context, so that the
+  `nn.with_logical_constraint`s inside the models pin their activations to mesh axes (without
+  this context they are no-ops). Wrap the function before jit-compiling it."""
+  from flax import linen as nn
+
+  def wrapped(*args, **kwargs):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), \
+        nn.logical_axis_rules(logical_rules(rules)):
+      return fn(*args, **kwargs)
+
+  return wrapped
 
 
 def batch_sharding(mesh: Mesh, rules: Any) -> NamedSharding:

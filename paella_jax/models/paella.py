@@ -5,8 +5,12 @@ A fully convolutional U-Net over VQGAN tokens: embedding -> down levels (strided
 codebook. Every ResBlock is conditioned on concat(CLIP embedding, timestep embedding) through a
 modulated LayerNorm. Architecture facts: Rampas et al. 2022 (arXiv 2211.07292), released v1 model.
 
-Parameters carry logical axis names ("vocab", "embed", "mlp", "cond", "conv_in") that
-`paella_jax.sharding` maps onto a device mesh.
+Parameters carry logical axis names ("vocab", "embed", "mlp", "cond", "conv_in") and the
+activations at block boundaries carry ("batch", None, None, "act_embed" | "act_mlp" |
+"act_vocab"); `paella_jax.sharding` maps both onto a device mesh. The activation constraints are
+no-ops unless logical axis rules and a mesh are in context (the sharded trainer sets them), so
+the same module runs unchanged on one device. `remat` recomputes each ResBlock's activations
+in the backward pass ("block") or all but its matmul outputs ("dots") to save memory.
 """
 
 from __future__ import annotations
@@ -27,8 +31,23 @@ LN_EPS = 1e-6
 LAYER_SCALE_INIT = 1e-6
 
 
+# Logical axes of the activations: NHWC maps with channels, MLP hidden units or logits last.
+ACT_EMBED = ("batch", None, None, "act_embed")
+ACT_MLP = ("batch", None, None, "act_mlp")
+ACT_VOCAB = ("batch", None, None, "act_vocab")
+
+# Activations a ResBlock keeps for the backward pass ("none": all; "block": only its inputs;
+# "dots": its inputs and matmul outputs).
+REMAT_POLICIES = {"block": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
 def _init(initializer, axes: tuple[str | None, ...]):
   return nn.with_logical_partitioning(initializer, axes)
+
+
+def _constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
+  """Pins x to the mesh axes that the rules in context give its logical axes (else a no-op)."""
+  return nn.with_logical_constraint(x, names)
 
 
 def _dense(features: int, in_axis: str, out_axis: str, name: str, dtype: Dtype,
@@ -78,6 +97,25 @@ def condition_at(s: jax.Array, size: tuple[int, int]) -> jax.Array:
   if s.shape[1:3] == (1, 1):
     return s
   return resize_bilinear(s, size)
+
+
+class Embedding(nn.Module):
+  """Token embedding, int (B, h, w) -> (B, h, w, features), with nn.Embed's parameter.
+
+  The table is gathered whole before the lookup (it is small), so that with a sharded table the
+  lookup and its gradient (a scatter-add) stay within each device's batch shard.
+  """
+  num_embeddings: int
+  features: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens):
+    table = self.param("embedding", _init(nn.initializers.normal(1.0), ("vocab", "embed")),
+                       (self.num_embeddings, self.features), self.param_dtype)
+    table = _constrain(table.astype(self.dtype), (None, None))
+    return _constrain(jnp.take(table, tokens, axis=0), ACT_EMBED)
 
 
 class ModulatedLayerNorm(nn.Module):
@@ -144,13 +182,13 @@ class ResBlock(nn.Module):
     if skip is not None:
       h = jnp.concatenate([h, skip.astype(h.dtype)], axis=-1)
     h = _dense(4 * c, "embed", "mlp", "mlp_in", self.dtype, self.param_dtype)(h)
-    h = nn.gelu(h, approximate=False)
+    h = _constrain(nn.gelu(h, approximate=False), ACT_MLP)
     h = _dense(c, "mlp", "embed", "mlp_out", self.dtype, self.param_dtype,
                kernel_scale=self.mlp_out_scale)(h)
     layer_scale = self.param("layer_scale",
                              _init(nn.initializers.constant(LAYER_SCALE_INIT), ("embed",)),
                              (c,), self.param_dtype)
-    return x + layer_scale.astype(self.dtype) * h
+    return _constrain(x + layer_scale.astype(self.dtype) * h, ACT_EMBED)
 
 
 class TransposedConv2x(nn.Module):
@@ -209,6 +247,7 @@ class DenoiseUNet(nn.Module):
   Call: (tokens int (B, h, w) in [0, num_labels), clip (B, c_clip) pooled or (B, h', w', c_clip)
   spatial, r (B,) in [0, 1]) -> logits (B, h, w, num_labels) float32. h and w must be divisible
   by 2 ** (levels - 1); any such size works (the model is fully convolutional).
+  `remat`: "none", "block" or "dots" (see REMAT_POLICIES); it changes memory and FLOPs only.
   """
   num_labels: int = 8192
   c_hidden: int = 1280
@@ -218,6 +257,7 @@ class DenoiseUNet(nn.Module):
   up_levels: Sequence[int] = (16, 8, 4)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  remat: str = "none"
 
   ARCHITECTURE_FIELDS = ("num_labels", "c_hidden", "c_clip", "c_r", "down_levels", "up_levels")
 
@@ -245,12 +285,16 @@ class DenoiseUNet(nn.Module):
       raise ValueError(f"down_levels {self.down_levels} and up_levels {self.up_levels} "
                        "must have the same length")
     _check_inputs(tokens, clip, r, self.num_labels, self.c_clip, levels)
+    if self.remat != "none" and self.remat not in REMAT_POLICIES:
+      raise ValueError(f"remat must be 'none' or one of {sorted(REMAT_POLICIES)}, "
+                       f"got {self.remat!r}")
+    block = (ResBlock if self.remat == "none"
+             else nn.remat(ResBlock, policy=REMAT_POLICIES[self.remat]))
     c_levels = self.c_levels
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     s = self.conditioning(clip, r)
 
-    x = nn.Embed(self.num_labels, c_levels[0], name="embedding", **kw,
-                 embedding_init=_init(nn.initializers.normal(1.0), ("vocab", "embed")))(tokens)
+    x = Embedding(self.num_labels, c_levels[0], name="embedding", **kw)(tokens)
     down_scale = 1.0 / sum(self.down_levels)
     level_outputs = []
     for i, num_blocks in enumerate(self.down_levels):
@@ -260,9 +304,10 @@ class DenoiseUNet(nn.Module):
                     kernel_init=_init(nn.initializers.lecun_normal(),
                                       (None, None, "conv_in", "embed")),
                     bias_init=_init(nn.initializers.zeros_init(), ("embed",)))(x)
+        x = _constrain(x, ACT_EMBED)
       s_level = condition_at(s, x.shape[1:3]).astype(self.dtype)
       for j in range(num_blocks):
-        x = ResBlock(down_scale, name=f"down_{i}_block_{j}", **kw)(x, s_level)
+        x = block(down_scale, name=f"down_{i}_block_{j}", **kw)(x, s_level)
       level_outputs.insert(0, x)
 
     up_scale = 1.0 / sum(self.up_levels)
@@ -271,15 +316,16 @@ class DenoiseUNet(nn.Module):
       s_level = condition_at(s, x.shape[1:3]).astype(self.dtype)
       for j in range(num_blocks):
         skip = level_outputs[i] if (i > 0 and j == 0) else None
-        x = ResBlock(up_scale, name=f"up_{i}_block_{j}", **kw)(x, s_level, skip)
+        x = block(up_scale, name=f"up_{i}_block_{j}", **kw)(x, s_level, skip)
       if i < levels - 1:
         x = TransposedConv2x(c_levels[levels - 2 - i], name=f"up_{i}_upsample", **kw)(x)
+        x = _constrain(x, ACT_EMBED)
 
     logits = nn.Conv(self.num_labels, (1, 1), name="clf", **kw,
                      kernel_init=_init(nn.initializers.lecun_normal(),
                                        (None, None, "embed", "vocab")),
                      bias_init=_init(nn.initializers.zeros_init(), ("vocab",)))(x)
-    return logits.astype(jnp.float32)
+    return _constrain(logits.astype(jnp.float32), ACT_VOCAB)
 
 
 def init_params(model: DenoiseUNet, rng: jax.Array, latent_shape: Sequence[int],

@@ -6,7 +6,10 @@
 
 The same object, given a TPU topology's abstract devices, lowers and compiles the identical step
 ahead of time (`paella_jax.aot`). Shardings follow the config: `config.mesh` and
-`config.sharding.rules` (logical parameter axes -> mesh axes).
+`config.sharding.rules` (logical axes of parameters and activations -> mesh axes). The step and
+init are traced with those rules in context, so the model's activation constraints keep every
+activation split over the batch (and its MLP hidden units over "tensor" where the rules say so):
+with FSDP, XLA then gathers each layer's weights instead of resharding the activations.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding
 
 from paella_jax.models.paella import DenoiseUNet, build_model
-from paella_jax.sharding import batch_sharding, logical_shardings, make_mesh
+from paella_jax.sharding import batch_sharding, logical_shardings, make_mesh, with_logical_rules
 from paella_jax.training.step import TrainState, init_state, make_optimizer, make_train_step
 
 
@@ -44,17 +47,18 @@ class Trainer:
     model = build_model(config.model)
     optimizer = make_optimizer(config.train)
     mesh = make_mesh(config.mesh, devices)
+    rules = config.sharding.rules
     init = lambda rng, unbox=True: init_state(model, optimizer, rng, tuple(config.latent_shape),
                                               ema=config.train.ema_decay > 0, unbox=unbox)
     boxed = jax.eval_shape(lambda: init(jax.random.key(0), unbox=False))
-    state_shardings = logical_shardings(nn.get_partition_spec(boxed), mesh, config.sharding.rules)
-    data = batch_sharding(mesh, config.sharding.rules)
+    state_shardings = logical_shardings(nn.get_partition_spec(boxed), mesh, rules)
+    data = batch_sharding(mesh, rules)
     batch_shardings = {"tokens": data, "clip": data}
-    step = jax.jit(make_train_step(model, optimizer, config.train),
+    step = jax.jit(with_logical_rules(make_train_step(model, optimizer, config.train), mesh, rules),
                    in_shardings=(state_shardings, batch_shardings),
                    out_shardings=(state_shardings, None), donate_argnums=0)
     return cls(config, model, optimizer, mesh, state_shardings, data, step,
-               jax.jit(init, out_shardings=state_shardings))
+               jax.jit(with_logical_rules(init, mesh, rules), out_shardings=state_shardings))
 
   def init(self, rng: jax.Array | None = None) -> TrainState:
     """A fresh state, created directly in its shards (no full copy on any one host)."""
