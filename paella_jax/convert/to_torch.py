@@ -31,6 +31,7 @@ import shutil
 import uuid
 from typing import Any, Callable, Mapping
 
+import jax
 import numpy as np
 from flax.traverse_util import flatten_dict
 
@@ -38,7 +39,10 @@ from paella_jax import checkpoint
 from paella_jax.convert import paella, paella_v3, vqgan
 from paella_jax.convert.torch_io import CheckpointMismatchError, check_state_dict
 from paella_jax.encoders.vq import KIND as VQ_KIND
-from paella_jax.models.vqgan import PaellaVQ, attention_levels, vqgan_config
+from paella_jax.models.paella import build_model as build_v1
+from paella_jax.models.paella_v3 import build_model as build_v3
+from paella_jax.models.vqgan import (PaellaVQ, attention_levels, init_params, vqgan_config,
+                                     vqgan_from_config)
 
 FILE_FORMATS = {".pt": "state_dict", ".pth": "state_dict", ".bin": "state_dict",
                 ".ckpt": "lightning", ".safetensors": "safetensors"}
@@ -92,8 +96,7 @@ def _from_key_map(entries, flat: Mapping[tuple[str, ...], np.ndarray], to_flax: 
 
 def paella_v1_state_dict(config: Mapping[str, Any], params: Any) -> dict[str, np.ndarray]:
   """Paella v1 params -> the original DenoiseUNet's state_dict (`paella.key_map`)."""
-  from paella_jax.models.paella import build_model
-  model = build_model(config)
+  model = build_v1(config)
   flat = _check_params(params, paella.flax_shapes(model),
                        f"Paella v1 DenoiseUNet {model.architecture()}")
   return _from_key_map(paella.key_map(model), flat,
@@ -104,8 +107,7 @@ def paella_v1_state_dict(config: Mapping[str, Any], params: Any) -> dict[str, np
 def paella_v3_state_dict(config: Mapping[str, Any], params: Any) -> dict[str, np.ndarray]:
   """Paella v3 params -> the original `Paella`'s state_dict (`paella_v3.key_map`; q, k and v go
   back into MultiheadAttention's packed in_proj tensors)."""
-  from paella_jax.models.paella_v3 import build_model
-  model = build_model(config)
+  model = build_v3(config)
   flat = _check_params(params, paella_v3._flax_shapes(model),
                        f"Paella v3 {model.architecture()}")
   return _from_key_map(paella_v3.key_map(model), flat,
@@ -119,8 +121,6 @@ def vqgan_state_dict(config: Mapping[str, Any], params: Any) -> dict[str, np.nda
 
   BatchNorm layers get `num_batches_tracked` = 0 (PyTorch keeps it; inference never reads it).
   """
-  import jax
-  from paella_jax.models.vqgan import init_params, vqgan_from_config
   module = vqgan_from_config(config)
   shapes = jax.eval_shape(lambda: init_params(module, jax.random.PRNGKey(0), module.factor))
   flat = _check_params(params, {k: tuple(v.shape) for k, v in flatten_dict(shapes).items()},
@@ -142,7 +142,6 @@ EXPORTERS = {paella.KIND: paella_v1_state_dict, paella_v3.KIND: paella_v3_state_
 
 def _check_taming_file(config: Mapping[str, Any]) -> None:
   """Refuses a taming-layout file for a VQGAN that taming's code cannot build."""
-  from paella_jax.models.vqgan import vqgan_from_config
   module = vqgan_from_config(config)
   if isinstance(module, PaellaVQ):
     return
@@ -160,7 +159,6 @@ def _check_taming_file(config: Mapping[str, Any]) -> None:
 def _diffusers_vqgan(config: Mapping[str, Any], state_dict: Mapping[str, np.ndarray]
                      ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
   """(config.json, state_dict) of the diffusers model class that holds this VQGAN."""
-  from paella_jax.models.vqgan import vqgan_from_config
   module = vqgan_from_config(config)
   if isinstance(module, PaellaVQ):
     fields = {k: v for k, v in vqgan_config(module).items() if k != "architecture"}
