@@ -1,28 +1,35 @@
-"""The Paella sampler: one jit-compiled `lax.fori_loop` over the denoising steps.
+"""The Paella sampler, for both model families: one jit-compiled `lax.fori_loop` over the steps.
 
 Each step predicts logits for every token (with classifier-free guidance as one batched forward),
-applies locally typical filtering, draws every token at a scheduled temperature (a two-stage
-Gumbel-max), keeps the tokens outside the mask, and renoises towards the next timestep. All of the paper's
-editing modes are arguments of this one sampler: `init_tokens`, `mask`, `start_step`, spatial
-conditioning (see `paella_jax.editing`).
+optionally applies locally typical filtering, draws every token at a scheduled temperature (a
+two-stage Gumbel-max), keeps the tokens outside the mask, and renoises towards the next
+timestep. What differs between v1 and v3 (conditioning, guidance's unconditional half, the
+timestep and renoising schedules, defaults) is a small per-family adapter (`_PaellaV1`,
+`_PaellaV3`). All of the paper's editing modes are arguments of this one sampler: `init_tokens`,
+`mask`, `start_step`, spatial conditioning (see `paella_jax.editing`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from functools import partial
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from paella_jax.noise import add_noise
+from paella_jax.models.paella import DenoiseUNet
+from paella_jax.models.paella_v3 import PaellaV3
+from paella_jax.noise import noise_level, replace_tokens
 
 RENOISE_MODES = ("start", "prev", "rand")
 # Raised whenever the same key, settings and weights give other codes (sidecars record it, and
-# `sample.py replay` refuses a sidecar of another version). 2: the two-stage draw.
-SAMPLER_VERSION = 2
+# `sample.py replay` refuses a sidecar of another version). 2: the two-stage draw. 3: one key per
+# row (the pipeline's), so that a row's codes do not depend on the rows sampled with it.
+SAMPLER_VERSION = 3
+V3_CONDITIONING = ("byt5", "clip", "clip_image", "byt5_mask")
 _BISECTION_STEPS = 31  # bit patterns of non-negative float32 (+inf included) span [0, 2**31)
 # Logits per block on CPUs: score and probability blocks of 128 KiB each stay in L2 cache.
 _CPU_BLOCK_ELEMENTS = 32768
@@ -87,7 +94,8 @@ def typical_filter(logits: jax.Array, mass: float | jax.Array = 0.2,
 
   Args:
     logits: (..., V) float logits.
-    mass: typical mass in (0, 1] (a Python float or a traced scalar).
+    mass: typical mass in (0, 1]: a Python float, a traced scalar, or an array broadcasting to
+      (..., 1) (one mass per row, e.g. (B, 1, 1, 1) for (B, h, w, V) logits).
     min_tokens: number of codes always kept (static, >= 1).
   Returns:
     (..., V) logits with removed codes set to -inf.
@@ -97,14 +105,14 @@ def typical_filter(logits: jax.Array, mass: float | jax.Array = 0.2,
   if min_tokens < 1:
     raise ValueError(f"min_tokens must be >= 1, got {min_tokens}")
   logits = logits.astype(jnp.float32)
-  mass = jnp.asarray(mass, jnp.float32)
+  mass = jnp.broadcast_to(jnp.asarray(mass, jnp.float32), logits.shape[:-1] + (1,))
   codes = logits.shape[-1]
 
   def in_blocks(logits):
     rows = logits.reshape(-1, codes)
     block = max(1, _CPU_BLOCK_ELEMENTS // codes)
-    filtered = jax.lax.map(lambda row: _typical_filter_rows(row, mass, min_tokens), rows,
-                           batch_size=min(block, max(rows.shape[0], 1)))
+    filtered = jax.lax.map(lambda row: _typical_filter_rows(row[0], row[1], min_tokens),
+                           (rows, mass.reshape(-1, 1)), batch_size=min(block, max(rows.shape[0], 1)))
     return filtered.reshape(logits.shape)
 
   return jax.lax.platform_dependent(
@@ -136,13 +144,14 @@ def draw_codes(rng: jax.Array, logits: jax.Array) -> jax.Array:
 
 def guided_logits(model, params, x: jax.Array, clip: jax.Array, r: jax.Array,
                   cfg: jax.Array | None) -> jax.Array:
-  """Logits (B, h, w, V); with `cfg`, uncond + cfg * (cond - uncond) from ONE batched forward.
+  """v1 logits (B, h, w, V); with `cfg`, uncond + cfg * (cond - uncond) from ONE batched forward.
 
   The unconditional half uses zero conditioning, as the original does.
   """
   if cfg is None:
     return model.apply({"params": params}, x, clip, r)
-  return _guided(model, params, x, _with_zero_conditioning(clip), r, cfg)
+  return _guided(lambda x2, c2, r2: model.apply({"params": params}, x2, c2, r2), x,
+                 _with_zero_conditioning(clip), r, cfg)
 
 
 def _with_zero_conditioning(clip: jax.Array) -> jax.Array:
@@ -150,46 +159,239 @@ def _with_zero_conditioning(clip: jax.Array) -> jax.Array:
   return jnp.concatenate([clip, jnp.zeros_like(clip)])
 
 
-def _guided(model, params, x: jax.Array, clip_pair: jax.Array, r: jax.Array,
-            cfg: jax.Array) -> jax.Array:
-  """`guided_logits` given clip_pair = `_with_zero_conditioning(clip)`."""
-  both = model.apply({"params": params}, jnp.concatenate([x, x]), clip_pair,
-                     jnp.concatenate([r, r]))
+def _guided(forward, x: jax.Array, cond_pair: Any, r: jax.Array, cfg: jax.Array) -> jax.Array:
+  """uncond + cfg * (cond - uncond) from one forward(x, cond, r) of the doubled batch;
+  `cond_pair` holds the conditional rows, then the unconditional ones."""
+  both = forward(jnp.concatenate([x, x]), cond_pair, jnp.concatenate([r, r]))
   cond, uncond = jnp.split(both, 2)
   return uncond + cfg * (cond - uncond)
 
 
-@partial(jax.jit, static_argnames=("model", "steps", "renoise_mode", "typical_min_tokens",
-                                   "use_cfg", "use_typical"))
-def _sample_loop(model, params, clip, rng, init_tokens, init_noise_mask, mask, start_step,
-                 cfg, typical_mass, temperatures, renoise_steps, *, steps, renoise_mode,
-                 typical_min_tokens, use_cfg, use_typical):
-  """The jit-compiled sampling loop; see `sample` for the arguments."""
+@dataclasses.dataclass(frozen=True)
+class _PaellaV1:
+  """v1: conditioning a CLIP array (pooled or spatial), uncond = zeros; step i runs at r = i / T
+  (0 = noise) and renoises with probability cos(pi r_{i+1} / 2)."""
+  model: DenoiseUNet
+  defaults = dict(steps=8, cfg=5.0, typical_mass=0.2, temperature=(1.0, 1.0))
+
+  @property
+  def latent_factor(self) -> int:
+    return 2 ** (len(self.model.down_levels) - 1)
+
+  def timestep(self, i, steps):
+    return i / steps
+
+  def renoise_prob(self, r):
+    """Probability of renoising a token towards timestep r (B,)."""
+    return noise_level(r)
+
+  def check(self, cond, uncond):
+    """Host-side: (conditioning as arrays, batch size)."""
+    if uncond is not None:
+      raise ValueError("Paella v1 guides with zero conditioning: uncond must be None")
+    clip = jnp.asarray(cond, jnp.float32)
+    if clip.ndim not in (2, 4) or clip.shape[-1] != self.model.c_clip:
+      raise ValueError(f"clip must be (B, {self.model.c_clip}) or (B, h', w', "
+                       f"{self.model.c_clip}), got {clip.shape}")
+    return (clip, None), clip.shape[0]
+
+  def prepare(self, conditioning, guided: bool):
+    """The conditioning the step loop uses, built once outside it."""
+    clip, _ = conditioning
+    return _with_zero_conditioning(clip) if guided else clip
+
+  def logits(self, params, x, r, prepared, cfg):
+    forward = lambda x, clip, r: self.model.apply({"params": params}, x, clip, r)
+    return forward(x, prepared, r) if cfg is None else _guided(forward, x, prepared, r, cfg)
+
+  def conditional_logits(self, params, x, r, prepared):
+    """The conditional logits alone, given the guided `prepared` conditioning."""
+    return self.model.apply({"params": params}, x, jnp.split(prepared, 2)[0], r)
+
+
+@dataclasses.dataclass(frozen=True)
+class _PaellaV3:
+  """v3: conditioning a dict of ByT5 states, CLIP text and image embeddings (any absent), uncond
+  the caller's (the empty prompt's); step i runs at noise level t_i = 1 - i / T and renoises to
+  the initial noise with probability t_{i+1} (linear).
+
+  With guidance, both halves go through one batched forward when they have the same entries
+  (ByT5 sequences of different lengths are padded and masked); otherwise two forwards."""
+  model: PaellaV3
+  defaults = dict(steps=12, cfg=(8.0, 8.0), typical_mass=None, temperature=(0.7, 0.3))
+
+  @property
+  def latent_factor(self) -> int:
+    return self.model.latent_factor
+
+  def timestep(self, i, steps):
+    return 1.0 - i / steps
+
+  def renoise_prob(self, r):
+    return r
+
+  def _entries(self, cond, name: str) -> dict[str, jax.Array]:
+    if not isinstance(cond, Mapping):
+      raise ValueError(f"Paella v3 takes {name} as a dict with entries among {V3_CONDITIONING}, "
+                       f"got {type(cond).__name__}")
+    unknown = set(cond) - set(V3_CONDITIONING)
+    if unknown:
+      raise ValueError(f"{name} has unknown entries {sorted(unknown)}; allowed: {V3_CONDITIONING}")
+    out = {k: jnp.asarray(v, bool if k == "byt5_mask" else jnp.float32)
+           for k, v in cond.items() if v is not None}
+    if "byt5_mask" in out and "byt5" not in out:
+      raise ValueError(f"{name} has a byt5_mask but no byt5")
+    if not out:
+      raise ValueError(f"{name} has no conditioning entries")
+    return out
+
+  def check(self, cond, uncond):
+    cond = self._entries(cond, "cond")
+    batch = next(iter(cond.values())).shape[0]
+    if any(v.shape[0] != batch for v in cond.values()):
+      raise ValueError(f"cond entries differ in batch size: "
+                       f"{ {k: v.shape for k, v in cond.items()} }")
+    if uncond is not None:  # rows of the empty prompt may be given once, for every sample
+      uncond = {k: jnp.broadcast_to(v, (batch, *v.shape[1:])) if v.shape[0] == 1 else v
+                for k, v in self._entries(uncond, "uncond").items()}
+      if any(v.shape[0] != batch for v in uncond.values()):
+        raise ValueError(f"uncond entries must have batch {batch} (or 1)")
+    return (cond, uncond), batch
+
+  def prepare(self, conditioning, guided: bool):
+    cond, uncond = conditioning
+    if not guided:
+      return cond
+    if uncond is None:
+      raise ValueError("guidance with Paella v3 needs `uncond` (e.g. the empty prompt's ByT5 "
+                       "and CLIP text embeddings); pass cfg=None to sample without it")
+    if "byt5" in cond and "byt5" in uncond and (
+        cond["byt5"].shape[1] != uncond["byt5"].shape[1]
+        or ("byt5_mask" in cond) != ("byt5_mask" in uncond)):
+      length = max(cond["byt5"].shape[1], uncond["byt5"].shape[1])
+      cond, uncond = _pad_byt5(cond, length), _pad_byt5(uncond, length)
+    if set(cond) != set(uncond):
+      return {"cond": cond, "uncond": uncond}
+    return {"pair": {k: jnp.concatenate([cond[k], uncond[k]]) for k in cond}}
+
+  def _forward(self, params):
+    return lambda x, cond, r: self.model.apply({"params": params}, x, r, **cond)
+
+  def logits(self, params, x, r, prepared, cfg):
+    forward = self._forward(params)
+    if cfg is None:
+      return forward(x, prepared, r)
+    if "pair" in prepared:
+      return _guided(forward, x, prepared["pair"], r, cfg)
+    cond, uncond = forward(x, prepared["cond"], r), forward(x, prepared["uncond"], r)
+    return uncond + cfg * (cond - uncond)
+
+  def conditional_logits(self, params, x, r, prepared):
+    cond = (prepared["cond"] if "cond" in prepared
+            else {k: jnp.split(v, 2)[0] for k, v in prepared["pair"].items()})
+    return self._forward(params)(x, cond, r)
+
+
+def _pad_byt5(cond: dict, length: int) -> dict:
+  """The entries with byt5 zero-padded to `length` tokens and a byt5_mask marking the real ones."""
+  byt5 = cond["byt5"]
+  mask = cond.get("byt5_mask", jnp.ones(byt5.shape[:2], bool))
+  pad = length - byt5.shape[1]
+  return dict(cond, byt5=jnp.pad(byt5, ((0, 0), (0, pad), (0, 0))),
+              byt5_mask=jnp.pad(mask, ((0, 0), (0, pad))))
+
+
+def _family(model):
+  if isinstance(model, DenoiseUNet):
+    return _PaellaV1(model)
+  if isinstance(model, PaellaV3):
+    return _PaellaV3(model)
+  raise TypeError(f"no sampler for {type(model).__name__}: expected a DenoiseUNet (Paella v1) "
+                  "or a PaellaV3")
+
+
+@partial(jax.jit, static_argnames=("family", "steps", "renoise_mode", "typical_min_tokens",
+                                   "use_cfg", "use_typical", "conditional_steps"))
+def _sample_loop(family, params, conditioning, rng, init_tokens, init_noise_mask, mask,
+                 start_step, cfgs, typical_mass, temperatures, renoise_steps, *, steps,
+                 renoise_mode, typical_min_tokens, use_cfg, use_typical, conditional_steps):
+  """The jit-compiled sampling loop; see `sample` for the arguments. cfgs and temperatures are
+  (B, T), typical_mass (B,)."""
   batch = init_tokens.shape[0]
-  noise_rng, rng = jax.random.split(rng)
-  noise = jax.random.randint(noise_rng, init_tokens.shape, 0, model.num_labels, jnp.int32)
+  num_labels = family.model.num_labels
+  per_row = rng.ndim == 1
+  rows = lambda values: values.reshape(-1, 1, 1, 1)  # (B,) -> broadcasts over (B, h, w, V)
+  noise_rng, rng = _split(rng)
+  noise = _draw(noise_rng, lambda key, tokens: jax.random.randint(
+      key, tokens.shape, 0, num_labels, jnp.int32), init_tokens)
   init_x = jnp.where(init_noise_mask, noise, init_tokens)
   regenerate = mask.astype(bool)
-  clip_pair = _with_zero_conditioning(clip) if use_cfg else None  # built once, not per step
+  prepared = family.prepare(conditioning, use_cfg)  # built once, not per step
 
   def step(i, x):
-    step_rng = jax.random.fold_in(rng, i)
-    sample_rng, renoise_rng = jax.random.split(step_rng)
-    r = jnp.full((batch,), i / steps, jnp.float32)
-    if use_cfg:
-      logits = _guided(model, params, x, clip_pair, r, cfg)
-    else:
-      logits = model.apply({"params": params}, x, clip, r)
+    step_rng = jax.vmap(jax.random.fold_in, (0, None))(rng, i) if per_row else jax.random.fold_in(rng, i)
+    sample_rng, renoise_rng = _split(step_rng)
+    r = jnp.full((batch,), family.timestep(i, steps), jnp.float32)
+    if not use_cfg:
+      logits = family.logits(params, x, r, prepared, None)
+    elif conditional_steps >= steps:
+      logits = family.logits(params, x, r, prepared, rows(cfgs[:, i]))
+    else:  # guidance for the first `conditional_steps` steps only
+      logits = jax.lax.cond(i < conditional_steps,
+                            lambda: family.logits(params, x, r, prepared, rows(cfgs[:, i])),
+                            lambda: family.conditional_logits(params, x, r, prepared))
     if use_typical:
-      logits = typical_filter(logits, typical_mass, typical_min_tokens)
-    new_x = draw_codes(sample_rng, logits / temperatures[i])
+      logits = typical_filter(logits, rows(typical_mass), typical_min_tokens)
+    new_x = _draw(sample_rng, draw_codes, logits / rows(temperatures[:, i]))
     new_x = jnp.where(regenerate, new_x, init_x)
-    noise_source = {"start": init_x, "prev": x, "rand": None}[renoise_mode]
-    r_next = jnp.full((batch,), (i + 1) / steps, jnp.float32)
-    renoised, _ = add_noise(renoise_rng, new_x, r_next, model.num_labels, noise_source)
+    noise_source = {"start": (init_x,), "prev": (x,), "rand": ()}[renoise_mode]
+    r_next = jnp.full((batch,), family.timestep(i + 1, steps), jnp.float32)
+    renoised = _draw(renoise_rng, lambda key, tokens, prob, *source: replace_tokens(
+        key, tokens, prob, num_labels, *source)[0], new_x, family.renoise_prob(r_next),
+                     *noise_source)
     return jnp.where(i < renoise_steps, renoised, new_x)
 
   return jax.lax.fori_loop(start_step, steps, step, init_x)
+
+
+def _split(rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Two keys from one key, or two (B,) batches of keys from a (B,) batch (row by row)."""
+  keys = jax.vmap(jax.random.split)(rng) if rng.ndim == 1 else jax.random.split(rng)
+  return keys[..., 0], keys[..., 1]
+
+
+def _draw(rng: jax.Array, fn, *batch: jax.Array) -> jax.Array:
+  """fn(key, *batch) -> (B, ...) random values: with one key, for the whole batch at once; with a
+  (B,) batch of keys, row by row (each row a batch of one), so that a row's draws depend only on
+  its own key and not on the other rows."""
+  if rng.ndim == 0:
+    return fn(rng, *batch)
+  return jax.vmap(lambda key, *row: fn(key, *(a[None] for a in row))[0])(rng, *batch)
+
+
+def _per_row(value, batch: int, name: str) -> jax.Array:
+  """A number or a (B,) array (one number per row) -> (B,) float32."""
+  if isinstance(value, (tuple, list)) or np.ndim(value) > 1 or np.size(value) not in (1, batch):
+    raise ValueError(f"{name} must be a number or a ({batch},) array of one number per row, "
+                     f"got {value!r}")
+  return jnp.broadcast_to(jnp.asarray(value, jnp.float32).reshape(-1), (batch,))
+
+
+def _schedule(value, batch: int, steps: int, name: str) -> jax.Array:
+  """Per-row linear schedules over the steps, (B, T) float32, from a number, a (start, end)
+  tuple or list, a (B,) array (one number per row) or a (B, 2) array (one schedule per row)."""
+  if isinstance(value, (tuple, list)):
+    value = np.asarray(value, np.float32)
+    if value.shape != (2,):
+      raise ValueError(f"{name} as a tuple must be (start, end), got {value!r}")
+  elif np.ndim(value) == 2:
+    value = np.asarray(value, np.float32)
+    if value.shape != (batch, 2):
+      raise ValueError(f"{name} schedules per row must be ({batch}, 2), got {value.shape}")
+  else:
+    value = np.repeat(np.asarray(_per_row(value, batch, name))[:, None], 2, axis=1)
+  ends = np.broadcast_to(value, (batch, 2))
+  return jnp.linspace(ends[:, 0], ends[:, 1], steps, axis=-1, dtype=jnp.float32)
 
 
 def _as_token_array(tokens, name: str, shape: tuple[int, ...], num_labels: int) -> jax.Array:
@@ -213,41 +415,69 @@ def _as_mask(mask, shape: tuple[int, ...]) -> jax.Array:
   return jnp.asarray(mask, bool)
 
 
-def sample(model, params, clip, rng, steps: int = 8, cfg: float | None = 5.0,
-           typical_mass: float | None = 0.2, typical_min_tokens: int = 1,
-           temperature: Sequence[float] = (1.0, 1.0), latent_shape: Sequence[int] = (32, 32),
+class _FamilyDefault:
+  def __repr__(self):
+    return "<the model family's default>"
+
+
+FAMILY_DEFAULT: Any = _FamilyDefault()
+
+
+def sample(model, params, cond, rng, steps: int | None = None, cfg=FAMILY_DEFAULT,
+           typical_mass=FAMILY_DEFAULT, typical_min_tokens: int = 1,
+           temperature: Sequence[float] | None = None, latent_shape: Sequence[int] = (32, 32),
            renoise_mode: str = "start", renoise_steps: int | None = None,
-           init_tokens=None, mask=None, start_step: int = 0) -> jax.Array:
-  """Samples token maps with the Paella v1 sampler. Returns (B, h, w) int32 codes.
+           init_tokens=None, mask=None, start_step: int = 0, uncond=None,
+           sampling_conditional_steps: int | None = None) -> jax.Array:
+  """Samples token maps with Paella's sampler (v1 or v3). Returns (B, h, w) int32 codes.
 
   Args:
-    model, params: a `DenoiseUNet` and its params.
-    clip: (B, c_clip) pooled or (B, h', w', c_clip) spatial conditioning.
-    rng: PRNG key; the same key and settings give the same tokens.
-    steps: T, number of steps; step i runs at r = i / T.
-    cfg: classifier-free guidance weight w (uncond + w (cond - uncond)); None disables it.
-    typical_mass, typical_min_tokens: locally typical filtering; typical_mass None disables it.
-    temperature: (start, end) of the linear Gumbel temperature schedule over the T steps.
+    model, params: a `DenoiseUNet` (v1) or `PaellaV3` and its params.
+    cond: v1: CLIP conditioning (B, c_clip) pooled or (B, h', w', c_clip) spatial.
+      v3: dict(byt5=(B, L, byt5_embd), clip=(B, clip_embd), clip_image=(B, clip_embd),
+      byt5_mask=(B, L) bool), any entry absent or None.
+    rng: PRNG key, or (B,) keys, one per row: then every random draw (initial noise, codes,
+      renoising) of a row comes from its own key, so a row's codes do not depend on the other
+      rows in the batch. The same keys and settings give the same tokens.
+    steps: T, number of steps (default v1: 8, v3: 12). v1's step i runs at r = i / T, v3's at
+      noise level t_i = 1 - i / T.
+    cfg: classifier-free guidance weight w (uncond + w (cond - uncond)): a number, a (start,
+      end) tuple of a linear schedule over the T steps, a (B,) array (one weight per row) or a
+      (B, 2) array (one schedule per row); None disables it (default v1: 5, v3: (8, 8)).
+    typical_mass, typical_min_tokens: locally typical filtering (typical_mass: one mass or a
+      (B,) array); typical_mass None disables it (default v1: 0.2, v3: off).
+    temperature: (start, end) of the linear temperature schedule over the T steps, or (B, 2):
+      one schedule per row (default v1: (1, 1), v3: (0.7, 0.3)); 0 means the argmax.
     latent_shape: (h, w) when `init_tokens` is None.
-    renoise_mode: after each step but the last `T - renoise_steps`, tokens revert with
-      probability cos(pi r_{i+1} / 2) to the initial noise ('start'), to the step's input
-      ('prev') or to fresh random codes ('rand').
+    renoise_mode: after each step but the last `T - renoise_steps`, tokens revert to the initial
+      noise ('start'), to the step's input ('prev') or to fresh random codes ('rand'), with
+      probability cos(pi r_{i+1} / 2) (v1) or t_{i+1} (v3).
     renoise_steps: number of steps followed by renoising (default T - 1).
     init_tokens: (B, h, w) codes to start from. With `mask`, the masked tokens start as noise;
       without it, sampling starts from these tokens as they are (structural editing: pass
       already-noised tokens and a `start_step`).
     mask: (B, h, w) 1 = regenerate, 0 = keep `init_tokens` (inpainting, outpainting).
     start_step: first step to run (0 <= start_step <= T); T returns the start tokens.
+    uncond: v3 only: the unconditional conditioning for guidance, a dict like `cond` (the
+      original: the empty prompt's ByT5 and CLIP text, no image); entries with batch 1 apply to
+      every row. v1 guides with zero conditioning (uncond must be None).
+    sampling_conditional_steps: guidance for the first this many steps only, then the
+      conditional logits alone (default: every step).
   """
+  family = _family(model)
+  steps = family.defaults["steps"] if steps is None else steps
+  cfg = family.defaults["cfg"] if cfg is FAMILY_DEFAULT else cfg
+  typical_mass = family.defaults["typical_mass"] if typical_mass is FAMILY_DEFAULT else typical_mass
+  temperature = family.defaults["temperature"] if temperature is None else temperature
   if renoise_mode not in RENOISE_MODES:
     raise ValueError(f"renoise_mode must be one of {RENOISE_MODES}, got {renoise_mode!r}")
   if not 0 <= start_step <= steps:
     raise ValueError(f"start_step must lie in [0, {steps}], got {start_step}")
-  clip = jnp.asarray(clip, jnp.float32)
-  if clip.ndim not in (2, 4) or clip.shape[-1] != model.c_clip:
-    raise ValueError(f"clip must be (B, {model.c_clip}) or (B, h', w', {model.c_clip}), "
-                     f"got {clip.shape}")
-  batch = clip.shape[0]
+  conditioning, batch = family.check(cond, uncond)
+  if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    rng = jax.random.wrap_key_data(rng)
+  if rng.shape not in ((), (batch,)):
+    raise ValueError(f"rng must be one key or one key per row ({batch},), got shape {rng.shape}")
   if init_tokens is None:
     if mask is not None:
       raise ValueError("a mask needs init_tokens: the tokens to keep where mask == 0")
@@ -263,15 +493,24 @@ def sample(model, params, clip, rng, steps: int = 8, cfg: float | None = 5.0,
       init_noise_mask, mask = jnp.zeros(shape, bool), jnp.ones(shape, bool)
     else:
       init_noise_mask = mask = _as_mask(mask, shape)
-  factor = 2 ** (len(model.down_levels) - 1)
+  factor = family.latent_factor
   if shape[1] % factor or shape[2] % factor:
     raise ValueError(f"latent size {shape[1:]} must be divisible by {factor}")
-  temperatures = jnp.maximum(  # a temperature of 0 means the argmax
-      jnp.linspace(temperature[0], temperature[1], steps, dtype=jnp.float32), 1e-10)
+  temperature = np.asarray(temperature, np.float32)
+  if temperature.shape not in ((2,), (batch, 2)):
+    raise ValueError(f"temperature must be (start, end) or ({batch}, 2), got shape "
+                     f"{temperature.shape}")
+  # (B, T); a temperature of 0 means the argmax
+  temperature = tuple(temperature) if temperature.shape == (2,) else temperature
+  temperatures = jnp.maximum(_schedule(temperature, batch, steps, "temperature"), 1e-10)
   return _sample_loop(
-      model, params, clip, rng, init_tokens, init_noise_mask, mask,
-      jnp.asarray(start_step, jnp.int32), jnp.asarray(cfg if cfg is not None else 0.0, jnp.float32),
-      jnp.asarray(typical_mass if typical_mass is not None else 1.0, jnp.float32), temperatures,
+      family, params, conditioning, rng, init_tokens, init_noise_mask, mask,
+      jnp.asarray(start_step, jnp.int32),
+      _schedule(cfg if cfg is not None else 0.0, batch, steps, "cfg"),
+      _per_row(typical_mass if typical_mass is not None else 1.0, batch, "typical_mass"),
+      temperatures,
       jnp.asarray(steps - 1 if renoise_steps is None else renoise_steps, jnp.int32),
       steps=steps, renoise_mode=renoise_mode, typical_min_tokens=typical_min_tokens,
-      use_cfg=cfg is not None, use_typical=typical_mass is not None)
+      use_cfg=cfg is not None, use_typical=typical_mass is not None,
+      conditional_steps=steps if sampling_conditional_steps is None
+      else min(int(sampling_conditional_steps), steps))
