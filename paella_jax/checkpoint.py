@@ -38,6 +38,18 @@ HASH_KEY = "weights_sha256"
 FILES_KEY = "params_files"
 
 
+def replace_directory(new: str, target: str) -> None:
+  """Renames the finished directory `new` to `target`; an existing `target` is removed only
+  after the new one is in place, so an interruption never loses both."""
+  if os.path.lexists(target):
+    old = f"{target}.old.{uuid.uuid4().hex[:8]}"
+    os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old)
+  else:
+    os.replace(new, target)
+
+
 def save_model(out_dir: str | os.PathLike, params: Any, kind: str,
                config: Mapping[str, Any], meta: Mapping[str, Any] | None = None,
                overwrite: bool = False) -> str:
@@ -62,13 +74,7 @@ def save_model(out_dir: str | os.PathLike, params: Any, kind: str,
                    FILES_KEY: _file_sizes(os.path.join(tmp_dir, PARAMS_DIR))}
     with open(os.path.join(tmp_dir, MODEL_FILE), "w") as f:
       json.dump(description, f, indent=2)
-    if os.path.lexists(out_dir):  # empty, or a checkpoint of ours (checked above)
-      old = f"{out_dir}.old.{uuid.uuid4().hex[:8]}"
-      os.replace(out_dir, old)
-      os.replace(tmp_dir, out_dir)
-      shutil.rmtree(old)
-    else:
-      os.replace(tmp_dir, out_dir)
+    replace_directory(tmp_dir, out_dir)  # out_dir: absent, empty, or ours (checked above)
   finally:
     shutil.rmtree(tmp_dir, ignore_errors=True)
   return out_dir

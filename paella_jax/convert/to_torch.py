@@ -313,13 +313,7 @@ def to_torch(checkpoint_dir: str | os.PathLike, out: str | os.PathLike, upcast: 
       _safetensors(os.path.join(tmp, DIFFUSERS_WEIGHTS), _torch_tensors(state_dict), record)
       with open(os.path.join(tmp, EXPORT_RECORD), "w") as f:
         json.dump(record, f, indent=2)
-      if os.path.lexists(out):  # an export of ours (checked above)
-        old = f"{out}.old.{uuid.uuid4().hex[:8]}"
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old)
-      else:
-        os.replace(tmp, out)
+      checkpoint.replace_directory(tmp, out)  # out: absent or an export of ours (checked above)
     else:
       if fmt == "safetensors":
         _safetensors(tmp, _torch_tensors(state_dict), record)

@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from paella_jax import checkpoint
-from paella_jax.models.clip import CLIP, CLIP_MEAN, CLIP_STD, ClipConfig, init_params
+from paella_jax.models.clip import (CLIP, CLIP_MEAN, CLIP_STD, ClipConfig, as_float_images,
+                                    init_params)
 from paella_jax.sharding import data_parallel
 from paella_jax.tokenizer import ClipTokenizer
 
@@ -144,17 +145,13 @@ def preprocess_v3(images, size: int = 224, antialias: bool = True):
   to a square (nothing to crop for the original's square inputs). `antialias` is torchvision's
   flag for tensors: True since torchvision 0.17, False (with a warning) before.
   """
-  images = jnp.asarray(images)
-  if images.ndim != 4 or images.shape[-1] != 3:
-    raise ValueError(f"images must be (batch, height, width, 3) NHWC, got {images.shape}")
-  if images.dtype == jnp.uint8:
-    images = images.astype(jnp.float32) / 255.0
+  images = as_float_images(images)
   _, h, w, _ = images.shape
   short, long = min(h, w), max(h, w)
   new_long = int(size * long / short)
   new_h, new_w = (size, new_long) if h <= w else (new_long, size)
   rows = bicubic_matrix(new_h, h, antialias)[(new_h - size) // 2:][:size]
   cols = bicubic_matrix(new_w, w, antialias)[(new_w - size) // 2:][:size]
-  out = jnp.einsum("oh,bhwc,pw->bopc", rows, images.astype(jnp.float32), cols,
+  out = jnp.einsum("oh,bhwc,pw->bopc", rows, images, cols,
                    precision=jax.lax.Precision.HIGHEST)
   return (out - np.asarray(CLIP_MEAN, np.float32)) / np.asarray(CLIP_STD, np.float32)

@@ -284,6 +284,16 @@ class CLIP(nn.Module):
     return self.visual_projection(pooled).astype(jnp.float32)
 
 
+def as_float_images(images) -> jax.Array:
+  """(B, H, W, 3) uint8 in [0, 255] or float in [0, 1] -> float32 in [0, 1]; other shapes raise."""
+  images = jnp.asarray(images)
+  if images.ndim != 4 or images.shape[-1] != 3:
+    raise ValueError(f"images must be (batch, height, width, 3) NHWC, got {images.shape}")
+  if images.dtype == jnp.uint8:
+    return images.astype(jnp.float32) / 255.0
+  return images.astype(jnp.float32)
+
+
 def preprocess_images(images, size: int):
   """Images (B, H, W, 3), uint8 in [0, 255] or float in [0, 1] -> CLIP input (B, size, size, 3).
 
@@ -291,11 +301,7 @@ def preprocess_images(images, size: int):
   square, and normalises with CLIP_MEAN/CLIP_STD, as CLIP's own preprocessing does (which
   resizes a uint8 PIL image, so results differ from it by about one grey level).
   """
-  images = jnp.asarray(images)
-  if images.ndim != 4 or images.shape[-1] != 3:
-    raise ValueError(f"images must be (batch, height, width, 3) NHWC, got {images.shape}")
-  if images.dtype == jnp.uint8:
-    images = images.astype(jnp.float32) / 255.0
+  images = as_float_images(images)
   b, h, w, _ = images.shape
   scale = size / min(h, w)
   new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
