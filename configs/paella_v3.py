@@ -20,7 +20,8 @@ def get_config():
       c_hidden=(640, 1280, 1280), nhead=(-1, 16, 16), blocks=(6, 16, 6),
       level_config=("CT", "CTA", "CTA"), clip_embd=1024, byt5_embd=2560, clip_seq_len=4,
       kernel_size=3, self_attn=True,
-      # "block" recomputes each block's activations in the backward pass (less memory).
+      # "block" recomputes each block's activations in the backward pass, "dots" all but its
+      # matmul outputs (less memory, more FLOPs).
       remat="none", dtype="float32", param_dtype="float32"))
   c.latent_shape = (64, 64)  # 256 x 256 images through the f4 VQ
   c.byt5_length = 768        # ByT5 tokens per caption in training batches (padded, masked)
@@ -42,10 +43,12 @@ def get_config():
   # (data, fsdp, tensor) within a slice: FSDP over every device of a slice (params, Adam moments
   # and EMA split along "embed"; batch split over data x fsdp); dcn_shape for multi-slice.
   c.mesh = ml_collections.ConfigDict(dict(shape=(1, -1, 1), dcn_shape=(1, 1, 1)))
-  # Logical axes of the parameters (models/paella_v3.py) and activations -> mesh axes.
+  # Logical axes of the parameters (models/paella_v3.py) and activations -> mesh axes: batch
+  # over data x fsdp, channels whole, MLP hidden units, heads and logits over tensor.
   c.sharding = ml_collections.ConfigDict(dict(rules=(
-      ("batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"),
-      ("vocab", "tensor"), ("cond", None), ("conv_in", None), ("act_embed", "tensor"))))
+      ("batch", ("data", "fsdp")), ("act_embed", None), ("act_mlp", "tensor"),
+      ("act_vocab", "tensor"), ("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"),
+      ("vocab", "tensor"), ("cond", None), ("conv_in", None))))
 
   c.export = ml_collections.ConfigDict(dict(weights="params", dtype="float32",
                                             clip_checkpoint="", vqgan_checkpoint=""))

@@ -17,7 +17,8 @@ normalised.
 
 Parameters carry logical axis names ("vocab", "embed", "mlp", "cond", "conv_in", "heads") that a
 config's sharding rules map onto a device mesh; activations are constrained at every block
-boundary to ("batch", None, None, "act_embed") (sequences: ("batch", None, "act_embed")).
+boundary to ("batch", None, None, "act_embed") (sequences: ("batch", None, "act_embed"); MLP
+hidden units "act_mlp", logits "act_vocab"), as v1's.
 """
 
 from __future__ import annotations
@@ -30,14 +31,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from paella_jax.models.paella import REMAT_POLICIES
 from paella_jax.noise import sinusoidal_embedding
 
 Dtype = Any
 LN_EPS = 1e-6
 GRN_EPS = 1e-6
 BLOCK_TYPES = "CTAF"
-REMAT_MODES = ("none", "block")
 ACT_AXES = ("batch", None, None, "act_embed")
+ACT_MLP = ("batch", None, None, "act_mlp")
+ACT_VOCAB = ("batch", None, None, "act_vocab")
 SEQ_AXES = ("batch", None, "act_embed")
 
 
@@ -98,7 +101,7 @@ class ChannelMLP(nn.Module):
   @nn.compact
   def __call__(self, x):
     c, kw = x.shape[-1], dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    h = _dense(4 * c, ("embed", "mlp"), "mlp_in", **kw)(x)
+    h = nn.with_logical_constraint(_dense(4 * c, ("embed", "mlp"), "mlp_in", **kw)(x), ACT_MLP)
     h = GlobalResponseNorm(**kw, name="grn")(nn.gelu(h, approximate=False))
     return _dense(c, ("mlp", "embed"), "mlp_out", **kw, kernel_init=_xavier(self.out_gain))(h)
 
@@ -292,7 +295,7 @@ class PaellaV3(nn.Module):
   clip_seq_len: int = 4
   kernel_size: int = 3
   self_attn: bool = True
-  remat: str = "none"
+  remat: str = "none"  # "none", "block" or "dots": activations each block keeps (v1's policies)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -321,8 +324,9 @@ class PaellaV3(nn.Module):
         raise ValueError(f"level_config[{i}] {pattern!r} must be letters of {BLOCK_TYPES}")
       if "A" in pattern and self.nhead[i] < 1:
         raise ValueError(f"level {i} has attention blocks but nhead {self.nhead[i]}")
-    if self.remat not in REMAT_MODES:
-      raise ValueError(f"remat must be one of {REMAT_MODES}, got {self.remat!r}")
+    if self.remat != "none" and self.remat not in REMAT_POLICIES:
+      raise ValueError(f"remat must be 'none' or one of {sorted(REMAT_POLICIES)}, "
+                       f"got {self.remat!r}")
     if tokens.ndim != 3 or not jnp.issubdtype(tokens.dtype, jnp.integer):
       raise ValueError(f"tokens must be an integer array (B, h, w), got {tokens.dtype} "
                        f"{tuple(tokens.shape)}")
@@ -374,8 +378,8 @@ class PaellaV3(nn.Module):
   def _block(self, letter: str, level: int, name: str) -> nn.Module:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, name=name)
     cls = {"C": ResBlock, "T": TimestepBlock, "A": AttnBlock, "F": FeedForwardBlock}[letter]
-    if self.remat == "block":
-      cls = nn.remat(cls)
+    if self.remat != "none":
+      cls = nn.remat(cls, policy=REMAT_POLICIES[self.remat])
     out_gain = math.sqrt(1 / sum(self.blocks))
     if letter == "C":
       return cls(kernel_size=self.kernel_size, out_gain=out_gain, **kw)
@@ -434,7 +438,7 @@ class PaellaV3(nn.Module):
                    name="clf", **kw)(layer_norm(x))
     logits = _dense(self.num_labels, ("embed", "vocab"), "out_mapper", **kw, use_bias=False)(
         layer_norm(x))
-    return logits.astype(jnp.float32)
+    return nn.with_logical_constraint(logits.astype(jnp.float32), ACT_VOCAB)
 
 
 def init_params(model: PaellaV3, rng: jax.Array, latent_shape: Sequence[int],

@@ -2,7 +2,14 @@
 
 Pure functions: `init_state` builds a `TrainState`, `make_train_step` returns
 `train_step(state, batch) -> (state, metrics)` for the caller to jit (with shardings and
-donation, see `partition.py`). A batch is {"tokens": int (B, h, w), "clip": float (B, c_clip)}.
+donation, see `partition.py`). The model's family picks the loss:
+  v1 (`DenoiseUNet`): batch {"tokens": int (B, h, w), "clip": float (B, c_clip)}; r ~ U(0, 1),
+    cosine noise, mean smoothed CE.
+  v3 (`PaellaV3`): batch {"tokens", "byt5" (B, L, byt5_embd), "byt5_mask" (B, L) bool,
+    "byt5_empty" (B, L0, byt5_embd) (the empty caption's states, L0 <= L), optionally "clip" with
+    "clip_empty" (B, clip_embd) and "clip_image" (B, clip_embd)}; linear noise at
+    r = clamp(1 - U + 0.001, 0.001, 1), smoothed CE weighted per token and normalised per image,
+    conditioning dropout drawn once per batch (see `v3_loss_and_metrics`).
 Mixed precision comes from the model (dtype "bfloat16" computes in bf16 with float32 master
 weights; the logits, loss and optimizer stay float32).
 """
@@ -17,8 +24,8 @@ import jax.numpy as jnp
 import optax
 from flax import linen as nn
 
-from paella_jax.models.paella import init_params
-from paella_jax.noise import add_noise
+from paella_jax.models import paella, paella_v3
+from paella_jax.noise import add_noise, replace_tokens, sample_v3_noise_level
 
 
 @flax.struct.dataclass
@@ -58,7 +65,8 @@ def init_state(model: nn.Module, optimizer: optax.GradientTransformation, rng: j
   """A fresh TrainState. With unbox=False the parameter-shaped leaves (params, optimizer
   moments, EMA) stay boxed with their logical axis names, for `nn.get_partition_spec`."""
   init_rng, rng = jax.random.split(rng)
-  params = init_params(model, init_rng, latent_shape, unbox)
+  family = paella_v3 if isinstance(model, paella_v3.PaellaV3) else paella
+  params = family.init_params(model, init_rng, latent_shape, unbox)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=optimizer.init(params), rng=rng,
                     ema_params=jax.tree.map(jnp.copy, params) if ema else None)
@@ -88,6 +96,14 @@ def drop_conditioning(rng: jax.Array, clip: jax.Array, prob: float, mode: str) -
 
 def loss_and_metrics(params, model: nn.Module, batch: Mapping[str, jax.Array], rng: jax.Array,
                      cfg: Mapping[str, Any]) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The loss and metrics of the model's family (see the module docstring)."""
+  if isinstance(model, paella_v3.PaellaV3):
+    return v3_loss_and_metrics(params, model, batch, rng, cfg)
+  return v1_loss_and_metrics(params, model, batch, rng, cfg)
+
+
+def v1_loss_and_metrics(params, model: nn.Module, batch: Mapping[str, jax.Array], rng: jax.Array,
+                        cfg: Mapping[str, Any]) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Noises the tokens at r ~ U(0, 1) and scores the model's prediction of the clean tokens."""
   tokens, clip = batch["tokens"], batch["clip"]
   r_rng, noise_rng, drop_rng = jax.random.split(rng, 3)
@@ -97,6 +113,60 @@ def loss_and_metrics(params, model: nn.Module, batch: Mapping[str, jax.Array], r
   logits = model.apply({"params": params}, noised, clip, r)
   loss = jnp.mean(smoothed_cross_entropy(logits, tokens, cfg["label_smoothing"]))
   accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == tokens)
+  return loss, {"loss": loss, "accuracy": accuracy}
+
+
+def v3_loss_weight(replaced: jax.Array, r: jax.Array, min_weight: float) -> jax.Array:
+  """v3's per-token loss weight 1 - (1 - replaced) (1 - r) (1 - min_weight): replaced tokens
+  weigh 1, kept ones less the cleaner the image. replaced (B, h, w), r (B,) -> (B, h, w)."""
+  kept = 1.0 - replaced.astype(jnp.float32)
+  return 1.0 - kept * ((1.0 - r) * (1.0 - min_weight))[:, None, None]
+
+
+def v3_drop_conditioning(rng: jax.Array, batch: Mapping[str, jax.Array],
+                         cfg: Mapping[str, Any]) -> tuple[dict[str, jax.Array], jax.Array]:
+  """v3's conditioning dropout, drawn once for the whole batch as the original: the captions'
+  ByT5 states become the empty caption's with cfg["byt5_drop_prob"]; CLIP text is kept with
+  cfg["clip_keep_prob"] (else the empty caption's embedding). Returns (model inputs byt5,
+  byt5_mask and clip, keep the CLIP image: a () bool kept with cfg["clip_image_keep_prob"])."""
+  byt5_rng, clip_rng, image_rng = jax.random.split(rng, 3)
+  byt5, mask, empty = batch["byt5"], batch["byt5_mask"].astype(bool), batch["byt5_empty"]
+  length, empty_length = byt5.shape[1], empty.shape[1]
+  if empty_length > length:
+    raise ValueError(f"byt5_empty has {empty_length} tokens, more than the captions' {length}")
+  drop = jax.random.uniform(byt5_rng, ()) < cfg["byt5_drop_prob"]
+  inputs = dict(
+      byt5=jnp.where(drop, jnp.pad(empty, ((0, 0), (0, length - empty_length), (0, 0))), byt5),
+      byt5_mask=jnp.where(drop, jnp.arange(length)[None] < empty_length, mask))
+  if "clip" in batch:
+    keep = jax.random.uniform(clip_rng, ()) < cfg["clip_keep_prob"]
+    inputs["clip"] = jnp.where(keep, batch["clip"], batch["clip_empty"])
+  return inputs, jax.random.uniform(image_rng, ()) < cfg["clip_image_keep_prob"]
+
+
+def v3_loss_and_metrics(params, model: nn.Module, batch: Mapping[str, jax.Array], rng: jax.Array,
+                        cfg: Mapping[str, Any]) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Replaces tokens with probability r, predicts the clean ones: label-smoothed CE weighted by
+  `v3_loss_weight`, normalised per image (sum(w * ce) / sum(w)), averaged over the batch. The
+  CLIP image embedding, when the batch has one, is kept or left out for the whole batch."""
+  tokens = batch["tokens"]
+  r_rng, noise_rng, drop_rng = jax.random.split(rng, 3)
+  r = sample_v3_noise_level(r_rng, tokens.shape[0])
+  noised, replaced = replace_tokens(noise_rng, tokens, r, model.num_labels)
+  weight = v3_loss_weight(replaced, r, cfg["loss_weight_min"])
+  inputs, keep_image = v3_drop_conditioning(drop_rng, batch, cfg)
+
+  def scored(clip_image):
+    logits = model.apply({"params": params}, noised, r, clip_image=clip_image, **inputs)
+    ce = smoothed_cross_entropy(logits, tokens, cfg["label_smoothing"])
+    loss = jnp.mean(jnp.sum(ce * weight, axis=(1, 2)) / jnp.sum(weight, axis=(1, 2)))
+    return loss, jnp.mean(jnp.argmax(logits, axis=-1) == tokens)
+
+  if "clip_image" in batch:
+    loss, accuracy = jax.lax.cond(keep_image, lambda: scored(batch["clip_image"]),
+                                  lambda: scored(None))
+  else:
+    loss, accuracy = scored(None)
   return loss, {"loss": loss, "accuracy": accuracy}
 
 
