@@ -7,8 +7,10 @@ import numpy as np
 import optax
 
 from configs import tiny_v3
+from paella_jax.data.arrays import V3_ARRAYS
 from paella_jax.models.paella_v3 import build_model
 from paella_jax.noise import replace_tokens, sample_v3_noise_level
+from paella_jax.training.loop import make_batcher
 from paella_jax.training.step import (init_state, make_optimizer, make_train_step,
                                       v3_drop_conditioning, v3_loss_weight)
 
@@ -28,23 +30,34 @@ def test_noise_levels_and_linear_replacement():
   np.testing.assert_allclose(replaced.mean(axis=(1, 2)), rates, atol=0.02)
 
 
-def batch_of(rng, n, cfg):
-  """Random v3 training inputs: captions of different lengths padded to 8 and masked."""
-  m, rng = cfg.model, np.random.default_rng(rng)
-  lengths = rng.integers(2, 9, n)
-  return dict(
-      tokens=rng.integers(0, m.num_labels, (n, *cfg.latent_shape)).astype(np.int32),
-      byt5=rng.standard_normal((n, 8, m.byt5_embd)).astype(np.float32),
-      byt5_mask=np.arange(8)[None] < lengths[:, None],
-      byt5_empty=np.repeat(rng.standard_normal((1, 1, m.byt5_embd)), n, 0).astype(np.float32),
-      clip=rng.standard_normal((n, m.clip_embd)).astype(np.float32),
-      clip_empty=np.repeat(rng.standard_normal((1, m.clip_embd)), n, 0).astype(np.float32),
-      clip_image=rng.standard_normal((n, m.clip_embd)).astype(np.float32))
+def first_batch(cfg, batch_size):
+  """The first batch of the trainer's data source for `cfg`, as jax arrays."""
+  cfg.train.batch_size = batch_size
+  return {k: jnp.asarray(v) for k, v in next(make_batcher(cfg)).items()}
+
+
+def test_v3_batches_from_random_and_array_sources(tmp_path):
+  cfg = tiny_v3.get_config()
+  batch = first_batch(cfg, 4)
+  assert sorted(batch) == sorted(V3_ARRAYS)
+  assert batch["byt5"].shape == (4, 8, 40) and batch["byt5_mask"].dtype == bool
+  assert batch["byt5_empty"].shape == (4, 1, 40) and batch["clip_empty"].shape == (4, 24)
+  np.testing.assert_array_equal(batch["clip_empty"][0], batch["clip_empty"][3])
+  arrays = {k: np.asarray(v) for k, v in batch.items()}
+  arrays.update(byt5_empty=arrays["byt5_empty"][0], clip_empty=arrays["clip_empty"][0])
+  del arrays["clip_image"]  # optional
+  np.savez(tmp_path / "v3.npz", **arrays)
+  cfg.data.update(source="arrays", path=str(tmp_path / "v3.npz"))
+  loaded = first_batch(cfg, 4)
+  assert "clip_image" not in loaded
+  for key in loaded:  # the same examples, in the batcher's shuffled order
+    np.testing.assert_array_equal(np.sort(np.asarray(loaded[key]).reshape(4, -1), 0),
+                                  np.sort(np.asarray(batch[key]).reshape(4, -1), 0))
 
 
 def test_conditioning_dropout_is_drawn_per_batch():
   cfg = tiny_v3.get_config()
-  batch = {k: jnp.asarray(v) for k, v in batch_of(0, 4, cfg).items()}
+  batch = first_batch(cfg, 4)
   dropped, keep_image = v3_drop_conditioning(
       jax.random.key(0), batch, dict(byt5_drop_prob=1.0, clip_keep_prob=0.0,
                                      clip_image_keep_prob=0.0))
@@ -75,7 +88,7 @@ def test_tiny_v3_overfits_a_fixed_batch():
   optimizer = make_optimizer(cfg.train)
   state = init_state(model, optimizer, jax.random.key(0), cfg.latent_shape, ema=True)
   step = jax.jit(make_train_step(model, optimizer, cfg.train))
-  batch = {k: jnp.asarray(v) for k, v in batch_of(1, 8, cfg).items()}
+  batch = first_batch(cfg, 8)
   losses = []
   for _ in range(200):
     state, metrics = step(state, batch)

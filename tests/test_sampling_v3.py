@@ -10,33 +10,11 @@ from scipy import stats
 
 from paella_jax.convert import paella_v3_from_torch
 from paella_jax.sampling import _sample_loop, sample
-from tests.torch_reference_v3 import ReferenceV3
+from tests.torch_reference_v3 import ReferenceV3, reference_sample
 
 ARCH = dict(c_in=8, c_out=8, num_labels=8, c_r=16, patch_size=2, c_cond=16, c_hidden=[16],
             nhead=[4], blocks=[1], level_config=["CTA"], clip_embd=12, byt5_embd=20,
             clip_seq_len=2, kernel_size=3, self_attn=True)
-
-
-def reference_sample(model, cond, uncond, shape, steps, temperature, cfg, conditional_steps,
-                     generator):
-  """The original v3 sampling algorithm (src_distributed/utils.py::sample) in PyTorch."""
-  batch = shape[0]
-  init = torch.randint(0, model.out_mapper[1].out_channels, shape, generator=generator)
-  x = init.clone()
-  ts = torch.linspace(1, 0, steps + 1)
-  temps = torch.linspace(*temperature, steps)
-  cfgs = torch.linspace(*cfg, steps)
-  for i in range(steps):
-    t = torch.full((batch,), float(ts[i]))
-    logits = model(x, t, **cond)
-    if i < conditional_steps:
-      uncond_logits = model(x, t, **uncond)
-      logits = uncond_logits + cfgs[i] * (logits - uncond_logits)
-    probs = (logits / temps[i]).softmax(dim=1).permute(0, 2, 3, 1).reshape(-1, logits.shape[1])
-    x = torch.multinomial(probs, 1, generator=generator)[:, 0].view(shape)
-    if i < steps - 1:
-      x = torch.where(torch.rand(shape, generator=generator) < ts[i + 1], init, x)
-  return x.numpy()
 
 
 def marginals_p_value(a, b, codes):

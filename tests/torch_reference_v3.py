@@ -167,3 +167,26 @@ class ReferenceV3(nn.Module):
         h = self.run(block, h, r_emb, seq, outs[u] if (u > 0 and j == 0) else None)
     h = F.pixel_shuffle(self.clf[1](self.norm2d(h)), self.p)
     return self.out_mapper[1](self.norm2d(h))
+
+
+def reference_sample(model, cond, uncond, shape, steps, temperature, cfg, conditional_steps,
+                     generator=None):
+  """The original v3 sampling algorithm (src_distributed/utils.py::sample) in PyTorch, for any
+  model with its call and `out_mapper` (this reference or the original `Paella`). -> (B, h, w)."""
+  batch = shape[0]
+  init = torch.randint(0, model.out_mapper[1].out_channels, shape, generator=generator)
+  x = init.clone()
+  ts = torch.linspace(1, 0, steps + 1)
+  temps = torch.linspace(*temperature, steps)
+  cfgs = torch.linspace(*cfg, steps)
+  for i in range(steps):
+    t = torch.full((batch,), float(ts[i]))
+    logits = model(x, t, **cond)
+    if i < conditional_steps:
+      uncond_logits = model(x, t, **uncond)
+      logits = uncond_logits + cfgs[i] * (logits - uncond_logits)
+    probs = (logits / temps[i]).softmax(dim=1).permute(0, 2, 3, 1).reshape(-1, logits.shape[1])
+    x = torch.multinomial(probs, 1, generator=generator)[:, 0].view(shape)
+    if i < steps - 1:
+      x = torch.where(torch.rand(shape, generator=generator) < ts[i + 1], init, x)
+  return x.numpy()

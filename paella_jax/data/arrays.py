@@ -57,7 +57,8 @@ def random_token_arrays(num_examples: int, latent_shape: tuple[int, int], num_la
 
 
 class ArrayBatcher:
-  """Endless, seeded, epoch-shuffled batches of {"tokens", "clip"}, resumable exactly.
+  """Endless, seeded, epoch-shuffled batches of {"tokens", "clip"} (and the `extra` arrays, one
+  row per example, under their names), resumable exactly.
 
   `state()` is a small JSON-able dict; `ArrayBatcher(..., state=s)` continues with exactly the
   batch that would have come next. `rows` selects this process's rows of each global batch of
@@ -65,8 +66,9 @@ class ArrayBatcher:
   """
 
   def __init__(self, tokens: np.ndarray, clip: np.ndarray, batch_size: int, seed: int = 0,
-               state: dict | None = None, rows: slice | None = None):
-    self.tokens, self.clip = tokens, clip
+               state: dict | None = None, rows: slice | None = None,
+               extra: dict[str, np.ndarray] | None = None):
+    self.tokens, self.clip, self.extra = tokens, clip, dict(extra or {})
     self.batch_size, self.seed = batch_size, seed
     self.rows = rows or slice(0, batch_size)
     self.epoch, self.position = (state["epoch"], state["position"]) if state else (0, 0)
@@ -91,4 +93,37 @@ class ArrayBatcher:
         self.epoch, self.position = self.epoch + 1, 0
         self._order = self._permutation(self.epoch)
     index = np.asarray(index)[self.rows]
-    return {"tokens": self.tokens[index], "clip": self.clip[index]}
+    return {"tokens": self.tokens[index], "clip": self.clip[index],
+            **{name: values[index] for name, values in self.extra.items()}}
+
+
+V3_ARRAYS = ("tokens", "byt5", "byt5_mask", "clip", "clip_image", "byt5_empty", "clip_empty")
+
+
+def v3_arrays(path: str | None, num_examples: int, latent_shape: tuple[int, int], model,
+              length: int, seed: int = 0) -> dict[str, np.ndarray]:
+  """Paella v3 training arrays: from an .npz (tokens (N, h, w), byt5 (N, L, byt5_embd),
+  byt5_mask (N, L), clip and optionally clip_image (N, clip_embd), and the empty caption's
+  byt5_empty (L0, byt5_embd) and clip_empty (clip_embd,)), or random ones when `path` is None.
+  The empty caption's arrays are broadcast to one row per example."""
+  if path is None:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, length + 1, num_examples)
+    arrays = dict(
+        tokens=rng.integers(0, model.num_labels, (num_examples, *latent_shape), dtype=np.int32),
+        byt5=rng.standard_normal((num_examples, length, model.byt5_embd), dtype=np.float32),
+        byt5_mask=np.arange(length)[None] < lengths[:, None],
+        clip=rng.standard_normal((num_examples, model.clip_embd), dtype=np.float32),
+        clip_image=rng.standard_normal((num_examples, model.clip_embd), dtype=np.float32),
+        byt5_empty=rng.standard_normal((1, model.byt5_embd), dtype=np.float32),
+        clip_empty=rng.standard_normal((model.clip_embd,), dtype=np.float32))
+  else:
+    with np.load(path, allow_pickle=False) as data:
+      missing = set(V3_ARRAYS) - {"clip_image"} - set(data.files)
+      if missing:
+        raise ValueError(f"{path} lacks arrays {sorted(missing)} (has {data.files})")
+      arrays = {k: data[k] for k in V3_ARRAYS if k in data.files}
+  n = len(arrays["tokens"])
+  for name in ("byt5_empty", "clip_empty"):
+    arrays[name] = np.broadcast_to(arrays[name], (n, *arrays[name].shape))
+  return arrays

@@ -21,16 +21,25 @@ import jax.numpy as jnp
 
 from paella_jax.checkpoint import load_model, save_model
 from paella_jax.data.arrays import (ArrayBatcher, check_token_arrays, load_token_arrays,
-                                    random_token_arrays)
+                                    random_token_arrays, v3_arrays)
 from paella_jax.hardware import chip_info
 from paella_jax.metrics import MetricWriter
 from paella_jax.models.paella import count_params
+from paella_jax.models.paella_v3 import PaellaV3, build_model as build_v3
 from paella_jax.sharding import global_batch, process_rows
 from paella_jax.training.checkpointing import checkpoint_manager, restore_checkpoint
 from paella_jax.training.partition import Trainer
 from paella_jax.training.step import TrainState
 
-KIND = "paella_v1"
+KINDS = ("paella_v1", "paella_v3")
+
+
+def model_kind(config) -> str:
+  """The token predictor family a config trains: config.kind, "paella_v1" when absent."""
+  kind = config.get("kind", "paella_v1")
+  if kind not in KINDS:
+    raise ValueError(f"unknown kind {kind!r} (one of {KINDS})")
+  return kind
 
 
 def make_batcher(config, state: dict | None = None, rows: slice | None = None):
@@ -38,6 +47,8 @@ def make_batcher(config, state: dict | None = None, rows: slice | None = None):
   a directory written by paella_jax.data.prepare; "images": raw images encoded on the fly, see
   docs/data.md), yielding this process's `rows` of each global batch."""
   m = config.model
+  if model_kind(config) == "paella_v3":
+    return _v3_batcher(config, state, rows)
   if config.data.source in ("records", "images"):
     from paella_jax.data.loader import batcher_from_config
     return batcher_from_config(config, state, rows)
@@ -51,6 +62,19 @@ def make_batcher(config, state: dict | None = None, rows: slice | None = None):
                      "images)")
   check_token_arrays(tokens, clip, m.num_labels, m.c_clip, source=config.data.path or "random")
   return ArrayBatcher(tokens, clip, config.train.batch_size, config.train.seed, state, rows)
+
+
+def _v3_batcher(config, state, rows):
+  """Paella v3: "random" or "arrays" (an .npz, see `paella_jax.data.arrays.v3_arrays`)."""
+  if config.data.source not in ("random", "arrays"):
+    raise ValueError(f"Paella v3 trains from data.source 'random' or 'arrays', got "
+                     f"{config.data.source!r}")
+  path = config.data.path if config.data.source == "arrays" else None
+  arrays = v3_arrays(path, max(config.train.batch_size * 4, 64), tuple(config.latent_shape),
+                     build_v3(config.model), config.byt5_length, config.train.seed)
+  tokens, clip = arrays.pop("tokens"), arrays.pop("clip")
+  return ArrayBatcher(tokens, clip, config.train.batch_size, config.train.seed, state, rows,
+                      extra=arrays)
 
 
 def save_checkpoint(manager, state: TrainState, data_state: dict, force: bool = False) -> None:
@@ -142,7 +166,8 @@ def train(config, workdir: str, progress: bool = True) -> TrainState:
 def load_initial_params(state: TrainState, ckpt_dir: str, model) -> TrainState:
   """Fine-tuning: the params (and EMA) of `state` replaced by an inference checkpoint's, placed
   with the state's shardings; the optimizer starts fresh. The architectures must match."""
-  _, config, params = load_model(ckpt_dir, expected_kind=KIND)
+  kind = "paella_v3" if isinstance(model, PaellaV3) else "paella_v1"
+  _, config, params = load_model(ckpt_dir, expected_kind=kind)
   if config != model.architecture():
     raise ValueError(f"{ckpt_dir} holds {config}, but the config trains {model.architecture()}")
   place = lambda new, old: jax.device_put(jnp.asarray(new, old.dtype), old.sharding)
@@ -152,7 +177,7 @@ def load_initial_params(state: TrainState, ckpt_dir: str, model) -> TrainState:
 
 
 def export_model(state: TrainState, model, out_dir: str, config) -> str | None:
-  """Writes an inference checkpoint (kind paella_v1) that sample.py loads: the EMA or raw
+  """Writes an inference checkpoint (config.kind, paella_v1 by default): the EMA or raw
   params (config.export.weights) in config.export.dtype. Every process takes part in
   gathering the sharded params; process 0 writes."""
   weights = state.ema_params if config.export.weights == "ema" else state.params
@@ -165,7 +190,7 @@ def export_model(state: TrainState, model, out_dir: str, config) -> str | None:
                     ))(weights)
   if jax.process_index() != 0:
     return None
-  return save_model(out_dir, weights, KIND, model.architecture(),
+  return save_model(out_dir, weights, model_kind(config), model.architecture(),
                     meta={"latent_shape": list(config.latent_shape),
                           "sampling": config.sampling.to_dict(),
                           "weights": config.export.weights, "dtype": config.export.dtype,
