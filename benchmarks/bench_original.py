@@ -14,6 +14,16 @@ run the same weights (checked: one forward pass of each on the same input). Both
 classifier-free guidance and typical filtering; the two are timed alternately, repeat after
 repeat, so that both see the same load on a shared machine. Reports the medians and the median
 of the paired ratios (original time / jit time), for each PyTorch thread count.
+
+`--family v3` compares Paella v3 the same way: `--original` then holds v3's
+`src_distributed/modules.py` (commit e1ab72b) as modules.py; a random-init `Paella` (a scaled-down
+configuration, every weight random) is converted with `paella_v3_from_torch`, and the original v3
+sampling algorithm (`src_distributed/utils.py::sample`, whose module imports its whole training
+stack, transcribed in tests/torch_reference_v3.py) runs against the jit sampler: T steps, cfg
+and temperature schedules, renoising to the initial noise, no typical filtering.
+
+  mkdir /tmp/paella_v3 && git show e1ab72b:src_distributed/modules.py > /tmp/paella_v3/modules.py
+  python benchmarks/bench_original.py --family v3 --original /tmp/paella_v3
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from paella_jax.convert import paella_v1_from_torch
+from paella_jax.convert import paella_v1_from_torch, paella_v3_from_torch
 from paella_jax.models.paella import count_params
 from paella_jax.sampling import sample
 
@@ -53,25 +63,8 @@ def import_original(path: str):
   return modules, utils
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--original", required=True,
-                      help="directory with the original's modules.py and utils.py")
-  parser.add_argument("--batch", type=int, default=8)
-  parser.add_argument("--latent", type=int, default=16, help="latent side (16: 16x16 tokens)")
-  parser.add_argument("--codes", type=int, default=1024)
-  parser.add_argument("--c-hidden", type=int, default=256)
-  parser.add_argument("--steps", type=int, default=8)
-  parser.add_argument("--cfg", type=float, default=5.0)
-  parser.add_argument("--typical-mass", type=float, default=0.2)
-  parser.add_argument("--repeats", type=int, default=7)
-  parser.add_argument("--torch-threads", type=parse_ints, default=[1, os.cpu_count()],
-                      help="PyTorch intra-op thread counts to try (on a loaded machine one "
-                      "thread is often the original's fastest)")
-  parser.add_argument("--name", default="original_vs_jit")
-  args = parser.parse_args()
-
-  import torch
+def setup_v1(args, torch):
+  """(original sampler, jit sampler, settings, parameter count, forward max |diff|) for v1."""
   modules, utils = import_original(args.original)
   torch.manual_seed(0)
   torch_model = modules.DenoiseUNet(num_labels=args.codes, c_hidden=args.c_hidden).eval()
@@ -87,8 +80,6 @@ def main():
     expected = torch_model(torch.from_numpy(tokens), clip_torch, torch.from_numpy(r)).numpy()
   got = np.asarray(model.apply({"params": params}, jnp.asarray(tokens, jnp.int32), clip,
                                jnp.asarray(r)))
-  forward_diff = float(np.abs(got - expected.transpose(0, 2, 3, 1)).max())
-  print(f"{count_params(params):,} parameters; max |jax - torch| of one forward: {forward_diff:.2e}")
 
   def run_original():
     return utils.sample(torch_model, clip_torch, T=args.steps, size=size,
@@ -99,6 +90,94 @@ def main():
     return sample(model, params, clip, jax.random.key(0), steps=args.steps, cfg=args.cfg,
                   typical_mass=args.typical_mass, latent_shape=size).block_until_ready()
 
+  settings = dict(c_hidden=args.c_hidden, steps=args.steps, cfg=args.cfg,
+                  typical_mass=args.typical_mass)
+  return run_original, run_jit, settings, count_params(params), _max_diff(got, expected)
+
+
+# The scaled-down v3 of `--family v3`: the release's block layout with narrower levels.
+V3_BENCH = dict(c_in=64, c_out=64, c_r=64, patch_size=2, c_cond=256, c_hidden=[128, 256, 256],
+                nhead=[-1, 4, 4], blocks=[1, 2, 1], level_config=["CT", "CTA", "CTA"],
+                clip_embd=256, byt5_embd=256, clip_seq_len=4, kernel_size=3, dropout=0.0)
+
+
+def setup_v3(args, torch):
+  """As `setup_v1`, for Paella v3 with ByT5 (`--byt5-length` tokens) and CLIP text conditioning
+  and the empty prompt's (one ByT5 token) as uncond."""
+  from tests.torch_reference_v3 import reference_sample
+  sys.path.insert(0, args.original)
+  import modules
+  torch.manual_seed(0)
+  torch_model = modules.Paella(num_labels=args.codes, **V3_BENCH).eval()
+  with torch.no_grad():  # every weight random (the original zero-initialises some)
+    for p in torch_model.parameters():
+      p.copy_(torch.randn_like(p) * 0.1)
+  model, params = paella_v3_from_torch(torch_model.state_dict(), nhead=V3_BENCH["nhead"])
+  params = jax.device_put(params)
+  batch, size = args.batch, (args.latent, args.latent)
+  rng = np.random.default_rng(0)
+  cond = dict(byt5=rng.standard_normal((batch, args.byt5_length, 256), dtype=np.float32),
+              clip=rng.standard_normal((batch, 256), dtype=np.float32))
+  uncond = dict(byt5=np.repeat(rng.standard_normal((1, 1, 256), dtype=np.float32), batch, 0),
+                clip=np.repeat(rng.standard_normal((1, 256), dtype=np.float32), batch, 0))
+  as_torch = lambda d: {k: torch.from_numpy(v) for k, v in d.items()}
+  tokens = rng.integers(0, args.codes, (batch, *size))
+  r = np.full((batch,), 0.5, np.float32)
+  with torch.inference_mode():
+    expected = torch_model(torch.from_numpy(tokens), torch.from_numpy(r),
+                           **as_torch(cond)).numpy()
+  got = np.asarray(model.apply({"params": params}, jnp.asarray(tokens, jnp.int32),
+                               jnp.asarray(r), **cond))
+  cfg, temperature = (args.cfg, args.cfg), (0.7, 0.3)
+
+  def run_original():
+    with torch.inference_mode():
+      return reference_sample(torch_model, as_torch(cond), as_torch(uncond), (batch, *size),
+                              args.steps, temperature, cfg, args.steps)
+
+  def run_jit():
+    return sample(model, params, cond, jax.random.key(0), steps=args.steps, cfg=cfg,
+                  temperature=temperature, typical_mass=None, latent_shape=size,
+                  uncond=uncond).block_until_ready()
+
+  settings = dict(c_hidden=V3_BENCH["c_hidden"][0], steps=args.steps, cfg=args.cfg,
+                  typical_mass=None, byt5_length=args.byt5_length)
+  return run_original, run_jit, settings, count_params(params), _max_diff(got, expected)
+
+
+def _max_diff(nhwc, nchw) -> float:
+  return float(np.abs(nhwc - nchw.transpose(0, 2, 3, 1)).max())
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--original", required=True,
+                      help="directory with the original's modules.py and utils.py (v3: "
+                      "modules.py)")
+  parser.add_argument("--family", choices=("v1", "v3"), default="v1")
+  parser.add_argument("--byt5-length", type=int, default=32, help="v3: ByT5 tokens per prompt")
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--latent", type=int, default=16, help="latent side (16: 16x16 tokens)")
+  parser.add_argument("--codes", type=int, default=1024)
+  parser.add_argument("--c-hidden", type=int, default=256)
+  parser.add_argument("--steps", type=int, default=None, help="default v1: 8, v3: 12")
+  parser.add_argument("--cfg", type=float, default=None, help="default v1: 5, v3: 8")
+  parser.add_argument("--typical-mass", type=float, default=0.2)
+  parser.add_argument("--repeats", type=int, default=7)
+  parser.add_argument("--torch-threads", type=parse_ints, default=[1, os.cpu_count()],
+                      help="PyTorch intra-op thread counts to try (on a loaded machine one "
+                      "thread is often the original's fastest)")
+  parser.add_argument("--name", default=None, help="default original_vs_jit[_v3]")
+  args = parser.parse_args()
+  v3 = args.family == "v3"
+  args.steps = args.steps or (12 if v3 else 8)
+  args.cfg = args.cfg if args.cfg is not None else (8.0 if v3 else 5.0)
+  args.name = args.name or ("original_vs_jit_v3" if v3 else "original_vs_jit")
+
+  import torch
+  run_original, run_jit, settings, n_params, forward_diff = (setup_v3 if v3 else setup_v1)(
+      args, torch)
+  print(f"{n_params:,} parameters; max |jax - torch| of one forward: {forward_diff:.2e}")
   compile_time = time_calls(run_jit, 1)["first_s"]
   rows, all_times = [], {}
   for threads in args.torch_threads:
@@ -111,9 +190,8 @@ def main():
         fn()
         times[name].append(time.perf_counter() - start)
     ratios = [o / j for o, j in zip(times["original"], times["jit"])]
-    row = dict(batch=batch, latent=args.latent, codes=args.codes, c_hidden=args.c_hidden,
-               steps=args.steps, cfg=args.cfg, typical_mass=args.typical_mass,
-               torch=torch.__version__, torch_threads=threads,
+    row = dict(family=args.family, batch=args.batch, latent=args.latent, codes=args.codes,
+               **settings, params=n_params, torch=torch.__version__, torch_threads=threads,
                original_ms=1e3 * statistics.median(times["original"]),
                jit_ms=1e3 * statistics.median(times["jit"]),
                original_min_ms=1e3 * min(times["original"]), jit_min_ms=1e3 * min(times["jit"]),

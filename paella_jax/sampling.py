@@ -148,10 +148,8 @@ def guided_logits(model, params, x: jax.Array, clip: jax.Array, r: jax.Array,
 
   The unconditional half uses zero conditioning, as the original does.
   """
-  if cfg is None:
-    return model.apply({"params": params}, x, clip, r)
-  return _guided(lambda x2, c2, r2: model.apply({"params": params}, x2, c2, r2), x,
-                 _with_zero_conditioning(clip), r, cfg)
+  family = _PaellaV1(model)
+  return family.logits(params, x, r, family.prepare((clip, None), cfg is not None), cfg)
 
 
 def _with_zero_conditioning(clip: jax.Array) -> jax.Array:
