@@ -20,6 +20,7 @@ this class.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any, Mapping, Sequence
 
@@ -41,6 +42,28 @@ class Result:
   images: np.ndarray | None
   labels: list[str]
   settings: SamplerSettings
+
+
+@dataclasses.dataclass
+class Prepared:
+  """One call of a mode, up to the sampler (`Pipeline.prepare`): conditioning clip (N, C) or
+  (N, h', w', C), N labels, the seed (row i draws from `row_keys(seed, N)[i]`), the settings, and
+  the sampler inputs: `latent_shape`, or `init_tokens` (N, h, w) with an optional `mask`."""
+  clip: np.ndarray
+  labels: list[str]
+  seed: int
+  settings: SamplerSettings
+  inputs: dict[str, Any]
+
+
+def row_keys(seed: int, count: int) -> jax.Array:
+  """The PRNG keys of a seed's images 0 .. count - 1: fold_in(key(seed), i), (count,).
+
+  Each image's codes depend only on its own key, so the same seed and settings give the same
+  images whatever else is sampled in the same batch.
+  """
+  return jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(seed),
+                                                  np.arange(count, dtype=np.uint32))
 
 
 def _prompt_list(prompts: str | Sequence[str], least: int = 1) -> list[str]:
@@ -164,11 +187,12 @@ class Pipeline:
              mask=None) -> np.ndarray:
     """One call of the jit sampler: conditioning (B, C) or (B, h', w', C) -> codes (B, h, w).
 
-    `rng` is a PRNG key or an integer seed. The batch is split over the local devices when
-    their number divides it.
+    `rng` is an integer seed (row i draws from `row_keys(seed, B)[i]`), a PRNG key or (B,) keys
+    (see `paella_jax.sampling.sample`). The batch is split over the local devices when their
+    number divides it.
     """
-    key = jax.random.key(rng) if isinstance(rng, (int, np.integer)) else rng
     clip = np.asarray(clip, np.float32)
+    key = row_keys(rng, len(clip)) if isinstance(rng, (int, np.integer)) else rng
     devices = jax.local_device_count()
     if devices > 1 and len(clip) % devices == 0:
       from jax.sharding import NamedSharding, PartitionSpec
@@ -190,6 +214,14 @@ class Pipeline:
     """(N prompts x num_images conditioning rows, their labels), each prompt's rows together."""
     prompts, n = _prompt_list(prompts), _count(num_images)
     return np.repeat(self.encode_text(prompts), n, 0), [p for p in prompts for _ in range(n)]
+
+  def prepare(self, mode: str, *args, **kwargs) -> Prepared:
+    """What `getattr(self, mode)(*args, **kwargs)` would sample, without sampling: for callers
+    that sample the rows of several calls together (each row keeps its own key and settings)."""
+    view = copy.copy(self)
+    view._finish = lambda clip, labels, seed, settings, **inputs: Prepared(
+        np.asarray(clip, np.float32), labels, seed, settings, inputs)
+    return getattr(view, mode)(*args, **kwargs)
 
   # --------------------------------------------------------------------------- modes
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from paella_jax.commands.sample import main as sample_main
-from paella_jax.pipeline import Pipeline
+from paella_jax.pipeline import Pipeline, row_keys
 from paella_jax.sampler_settings import V1_DEFAULTS, SamplerSettings
 from paella_jax.sampling import sample
 from tests.conftest import ROOT
@@ -54,12 +54,30 @@ def test_generate_is_the_sampler_on_the_prompt_embeddings(pipe):
   result = pipe.generate(["a red circle", "a blue square"], num_images=2, seed=3, cfg=2.0)
   emb = np.repeat(pipe.encode_text(["a red circle", "a blue square"]), 2, 0)
   settings = pipe.settings("generate", cfg=2.0)
-  direct = sample(pipe.model, pipe.params, emb, jax.random.key(3), latent_shape=(8, 8),
+  direct = sample(pipe.model, pipe.params, emb, row_keys(3, 4), latent_shape=(8, 8),
                   **settings.sample_kwargs())
   np.testing.assert_array_equal(result.codes, np.asarray(direct))
   assert result.labels == ["a red circle"] * 2 + ["a blue square"] * 2
   assert result.images.shape == (4, 32, 32, 3) and 0 <= result.images.min() <= result.images.max() <= 1
   assert result.settings.cfg == 2.0
+
+
+def test_rows_do_not_depend_on_the_batch_they_share(pipe):
+  """Each row draws from its own key and may have its own cfg, typical mass and temperatures:
+  sampled together, every row gets the codes it gets alone."""
+  emb = pipe.encode_text(["a red circle", "a blue square", "a green circle"])
+  keys = jax.random.split(jax.random.key(7), 3)
+  cfg, mass = np.array([1.0, 3.0, 6.0]), np.array([0.2, 0.5, 1.0])
+  temperature = np.array([[1.0, 1.0], [0.7, 0.3], [2.0, 0.0]])
+  together = np.asarray(sample(pipe.model, pipe.params, emb, keys, steps=4, cfg=cfg,
+                               typical_mass=mass, temperature=temperature, latent_shape=(8, 8)))
+  for i in range(3):
+    alone = sample(pipe.model, pipe.params, emb[i:i + 1], keys[i:i + 1], steps=4, cfg=float(cfg[i]),
+                   typical_mass=float(mass[i]), temperature=tuple(temperature[i]), latent_shape=(8, 8))
+    np.testing.assert_array_equal(together[i], np.asarray(alone)[0])
+  assert len({together[i].tobytes() for i in range(3)}) == 3
+  first = pipe.generate("a red circle", num_images=3, seed=5).codes
+  np.testing.assert_array_equal(pipe.generate("a red circle", num_images=1, seed=5).codes, first[:1])
 
 
 def test_pipeline_refuses_bad_requests_by_name(pipe):
