@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import ROOT
 
 COMMANDS = ("paella-train", "paella-sample", "paella-convert", "paella-prepare", "paella-eval",
-            "paella-aot")
+            "paella-aot", "paella-serve")
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,8 @@ def test_every_command_is_installed_and_answers_help(installed, tmp_path):
   site, bin_dir = installed
   assert sorted(p.name for p in bin_dir.iterdir()) == sorted(COMMANDS)
   assert not (site / "configs").exists()  # configs/ stays in the repository, passed by path
-  for command in ("paella-sample", "paella-convert", "paella-prepare", "paella-eval"):
+  assert (site / "paella_jax" / "serve" / "static" / "index.html").is_file()  # package data
+  for command in ("paella-sample", "paella-convert", "paella-prepare", "paella-eval", "paella-serve"):
     proc = run(installed, tmp_path, str(bin_dir / command), "--help")
     assert proc.returncode == 0 and "usage:" in proc.stdout, (command, proc.stderr)
   proc = run(installed, tmp_path, str(bin_dir / "paella-train"), "--helpshort")

@@ -29,3 +29,9 @@ def evaluate() -> None:
   """paella-eval: zero-shot FID, CLIP score and adherence of a checkpoint."""
   from paella_jax.eval.run import main
   run_main(main)
+
+
+def serve() -> None:
+  """paella-serve: the pipeline as an HTTP service batching concurrent requests."""
+  from paella_jax.serve.__main__ import main
+  run_main(main)

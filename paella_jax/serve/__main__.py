@@ -1,0 +1,61 @@
+"""paella-serve: loads a checkpoint, compiles the batch buckets, then serves HTTP on --host:--port.
+
+    python -m paella_jax.serve --checkpoint ckpts/paella_v1 --port 8000 --max-batch 16
+
+The server listens once the models are loaded and every bucket (powers of two up to --max-batch)
+is compiled for generation with the model's default settings. SIGTERM (or Ctrl-C) stops
+accepting connections, answers the requests already received, then exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--checkpoint", required=True, help="model directory (as paella-sample's)")
+  parser.add_argument("--clip", help="CLIP checkpoint directory (default: the model's)")
+  parser.add_argument("--vqgan", help="VQGAN checkpoint directory (default: the model's)")
+  parser.add_argument("--host", default="127.0.0.1")
+  parser.add_argument("--port", type=int, default=8000)
+  parser.add_argument("--max-batch", type=int, default=16,
+                      help="most rows per sampler call (and images per request)")
+  parser.add_argument("--max-wait-ms", type=float, default=20.0,
+                      help="how long a request waits for others to share its sampler call")
+  parser.add_argument("--timeout-s", type=float, default=120.0,
+                      help="a request not answered within this is answered 503")
+  parser.add_argument("--inputs-dir", default="serve_inputs",
+                      help="where uploaded images are kept (sidecars name them, for replay)")
+  args = parser.parse_args(argv)
+  if args.max_wait_ms < 0 or args.timeout_s <= 0:
+    parser.error("--max-wait-ms must be >= 0 and --timeout-s > 0")
+  args.checkpoint = os.path.abspath(args.checkpoint)
+  args.inputs_dir = os.path.abspath(args.inputs_dir)
+  return args
+
+
+def main(argv=None) -> None:
+  """Loads, compiles, serves; bad arguments or checkpoints raise ValueError/OSError."""
+  import uvicorn
+  from paella_jax.pipeline import Pipeline
+  from paella_jax.serve.app import create_app
+  from paella_jax.serve.batcher import Batcher
+  from paella_jax.serve.metrics import Metrics
+  args = parse_args(argv)
+  pipe = Pipeline.from_checkpoint(args.checkpoint, clip=args.clip, vqgan=args.vqgan)
+  metrics = Metrics()
+  batcher = Batcher(pipe, metrics, args.max_batch, args.max_wait_ms)
+  batcher.warm_up(pipe.prepare("generate", "", num_images=1, seed=0))
+  print(f"compiled buckets {batcher.buckets}; serving on http://{args.host}:{args.port}", flush=True)
+  app = create_app(pipe, batcher, metrics, checkpoint=args.checkpoint, inputs_dir=args.inputs_dir,
+                   timeout_s=args.timeout_s)
+  uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
+              timeout_graceful_shutdown=int(args.timeout_s) + 1)
+
+
+if __name__ == "__main__":
+  from paella_jax.cli import run_main
+  run_main(main)

@@ -1,0 +1,216 @@
+"""Groups concurrent requests into sampler calls.
+
+Requests arrive on an asyncio queue as jobs (one request's prepared rows). Jobs whose rows can
+share a sampler call (same steps, start step, renoise mode, typical_min_tokens, guidance and
+typical filtering on or off, input kind and shapes) form a group; a group is sampled when it holds
+`max_batch` rows or when its oldest job has waited `max_wait_s`. The traced settings (cfg,
+temperatures, typical mass) go per row, and every row draws from its own key, so a request gets
+the same codes whatever it is batched with. A call is padded to the next bucket (a power of two
+up to `max_batch`), so that only those batch sizes are ever compiled. Sampling and decoding run in
+one worker thread, so the event loop keeps answering while the sampler runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import time
+
+import jax.numpy as jnp
+import numpy as np
+
+from paella_jax.pipeline import Prepared, row_keys
+from paella_jax.sampling import sample
+
+
+def buckets(max_batch: int) -> list[int]:
+  """Powers of two below max_batch, and max_batch: the batch sizes the sampler is called with."""
+  if max_batch < 1:
+    raise ValueError(f"--max-batch must be >= 1, got {max_batch}")
+  sizes = [1 << k for k in range(max_batch.bit_length()) if 1 << k < max_batch]
+  return sizes + [max_batch]
+
+
+@dataclasses.dataclass
+class Job:
+  """One request's rows; `future` receives (codes (N, h, w), images (N, H, W, 3) or None)."""
+  prepared: Prepared
+  future: asyncio.Future
+  arrived: float = dataclasses.field(default_factory=time.monotonic)
+
+  @property
+  def rows(self) -> int:
+    return len(self.prepared.clip)
+
+  @property
+  def group(self) -> tuple:
+    """What rows must share to go through one sampler call."""
+    s, inputs = self.prepared.settings, self.prepared.inputs
+    tokens = inputs.get("init_tokens")
+    shape = inputs.get("latent_shape") if tokens is None else np.shape(tokens)[1:]
+    kind = "noise" if tokens is None else "tokens" if inputs.get("mask") is None else "masked"
+    return (s.steps, s.start_step, s.renoise_mode, s.typical_min_tokens, s.cfg is None,
+            s.typical_mass is None, self.prepared.clip.shape[1:], kind, tuple(shape))
+
+
+def _schedule_rows(value, rows: int) -> np.ndarray:
+  """A setting that is a number or (start, end) -> (rows, 2) (start, end) per row."""
+  pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+  return np.tile(np.asarray(pair, np.float32), (rows, 1))
+
+
+class Batcher:
+  """Batches jobs of `pipe` (a `Pipeline`); `metrics` (a `Metrics`) counts calls and compiles."""
+
+  def __init__(self, pipe, metrics, max_batch: int = 16, max_wait_ms: float = 20.0):
+    self.pipe, self.metrics = pipe, metrics
+    self.buckets = buckets(max_batch)
+    self.max_batch, self.max_wait_s = max_batch, max_wait_ms / 1e3
+    self.queue: asyncio.Queue[Job] = asyncio.Queue()
+    self._groups: dict[tuple, list[Job]] = {}
+    self._compiled: set[tuple] = set()
+    self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sampler")
+
+  @property
+  def queued(self) -> int:
+    """Jobs waiting for a sampler call."""
+    return self.queue.qsize() + sum(len(jobs) for jobs in self._groups.values())
+
+  async def submit(self, prepared: Prepared):
+    """Queues a request's rows; resolves to (codes, images) once they are sampled."""
+    if len(prepared.clip) > self.max_batch:
+      raise ValueError(f"too many images: {len(prepared.clip)} rows, at most {self.max_batch} "
+                       "per request (--max-batch)")
+    job = Job(prepared, asyncio.get_running_loop().create_future())
+    await self.queue.put(job)
+    return await job.future
+
+  async def run(self) -> None:
+    """The batching loop (a task for the server's lifetime)."""
+    loop = asyncio.get_running_loop()
+    getter = None  # kept across waits: a timed-out wait must not drop a job being taken
+    while True:
+      ready = self._ready()
+      if ready is None:
+        getter = getter or asyncio.ensure_future(self.queue.get())
+        await asyncio.wait({getter}, timeout=self._next_deadline())
+        if getter.done():
+          job, getter = getter.result(), None
+          self._groups.setdefault(job.group, []).append(job)
+        continue
+      jobs = self._take(ready)
+      if not jobs:
+        continue
+      try:
+        outputs = await loop.run_in_executor(self._worker, self.sample_jobs, jobs)
+      except Exception as e:  # a failed call answers its requests, the loop goes on
+        outputs = [e] * len(jobs)
+      for job, output in zip(jobs, outputs):
+        if job.future.done():
+          continue
+        if isinstance(output, Exception):
+          job.future.set_exception(output)
+        else:
+          job.future.set_result(output)
+
+  def _drain(self) -> None:
+    while not self.queue.empty():
+      job = self.queue.get_nowait()
+      self._groups.setdefault(job.group, []).append(job)
+
+  def _ready(self) -> tuple | None:
+    """A group to sample now: a full one, else the one whose oldest job waited longest, once
+    it has waited max_wait."""
+    self._drain()
+    for key in list(self._groups):
+      self._groups[key] = [job for job in self._groups[key] if not job.future.done()]
+      if not self._groups[key]:
+        del self._groups[key]
+    if not self._groups:
+      return None
+    full = [k for k, jobs in self._groups.items() if sum(j.rows for j in jobs) >= self.max_batch]
+    if full:
+      return full[0]
+    oldest = min(self._groups, key=lambda k: self._groups[k][0].arrived)
+    if time.monotonic() - self._groups[oldest][0].arrived >= self.max_wait_s:
+      return oldest
+    return None
+
+  def _next_deadline(self) -> float | None:
+    if not self._groups:
+      return None
+    oldest = min(jobs[0].arrived for jobs in self._groups.values())
+    return max(oldest + self.max_wait_s - time.monotonic(), 0.0)
+
+  def _take(self, key: tuple) -> list[Job]:
+    """The group's oldest jobs that fit in max_batch rows together."""
+    jobs, rows, rest = [], 0, []
+    for job in self._groups.pop(key):
+      if rows + job.rows <= self.max_batch and not rest:
+        jobs.append(job)
+        rows += job.rows
+      else:
+        rest.append(job)
+    if rest:
+      self._groups[key] = rest
+    return jobs
+
+  def sample_jobs(self, jobs: list[Job], record: bool = True) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """One sampler call for the jobs' rows (padded to a bucket), then each job's decode;
+    `record` counts it in the metrics' sampler calls."""
+    first = jobs[0].prepared
+    rows = sum(job.rows for job in jobs)
+    bucket = next(b for b in self.buckets if b >= rows)
+    pad = lambda x: np.concatenate([x, np.repeat(x[:1], bucket - len(x), 0)])
+    cat = lambda name: pad(np.concatenate([np.asarray(getattr(job.prepared, name) if name == "clip"
+                                                      else job.prepared.inputs[name])
+                                           for job in jobs]))
+    keys = jnp.concatenate([row_keys(job.prepared.seed, job.rows) for job in jobs])
+    keys = jnp.concatenate([keys, jnp.repeat(keys[:1], bucket - rows)])
+    per_row = lambda name: pad(np.concatenate([_schedule_rows(getattr(job.prepared.settings, name),
+                                                              job.rows) for job in jobs]))
+    s = first.settings
+    kwargs = s.sample_kwargs()
+    kwargs.update(temperature=per_row("temperature"),
+                  cfg=None if s.cfg is None else per_row("cfg"),
+                  typical_mass=None if s.typical_mass is None else per_row("typical_mass")[:, 0])
+    if "init_tokens" in first.inputs:
+      kwargs["init_tokens"] = cat("init_tokens")
+      if first.inputs.get("mask") is not None:
+        kwargs["mask"] = cat("mask")
+    else:
+      kwargs["latent_shape"] = first.inputs["latent_shape"]
+    compile_key = (jobs[0].group, bucket)
+    if compile_key not in self._compiled:
+      self._compiled.add(compile_key)
+      self.metrics.compiles += 1
+    codes = np.asarray(sample(self.pipe.model, self.pipe.params, cat("clip"), keys, **kwargs))
+    if record:
+      self.metrics.record_call(rows, bucket)
+    outputs, start = [], 0
+    for job in jobs:
+      job_codes = codes[start:start + job.rows]
+      start += job.rows
+      outputs.append((job_codes, self.pipe.decode(job_codes)))
+    return outputs
+
+  def warm_up(self, prepared: Prepared) -> None:
+    """Compiles the sampler for `prepared`'s group at every bucket size (and its decode)."""
+    for bucket in self.buckets:
+      rows = Prepared(np.repeat(prepared.clip[:1], bucket, 0), prepared.labels[:1] * bucket,
+                      prepared.seed, prepared.settings,
+                      {k: (np.repeat(v[:1], bucket, 0) if isinstance(v, np.ndarray) else v)
+                       for k, v in prepared.inputs.items()})
+      self.sample_jobs([Job(rows, _NoFuture())], record=False)
+
+  def close(self) -> None:
+    self._worker.shutdown(wait=True)
+
+
+class _NoFuture:
+  """The future of a warm-up job, which nobody awaits."""
+
+  def done(self) -> bool:
+    return True
+
