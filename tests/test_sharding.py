@@ -20,6 +20,7 @@ from tests.scale_worker import tiny_config
 from tests.test_scale import worker
 
 
+@pytest.mark.slow
 def test_remat_changes_neither_outputs_nor_gradients():
   config = tiny_config(1)
   rng = np.random.default_rng(0)

@@ -6,8 +6,8 @@
 
 The same object, given a TPU topology's abstract devices, lowers and compiles the identical step
 ahead of time (`paella_jax.aot`). Shardings follow the config: `config.mesh` and
-`config.sharding.rules` (logical axes of parameters and activations -> mesh axes). The step and
-init are traced with those rules in context, so the model's activation constraints keep every
+`config.sharding.rules` (logical axes of parameters and activations -> mesh axes). The step is
+traced with those rules in context, so the model's activation constraints keep every
 activation split over the batch (and its MLP hidden units over "tensor" where the rules say so):
 with FSDP, XLA then gathers each layer's weights instead of resharding the activations.
 """
@@ -58,7 +58,7 @@ class Trainer:
                    in_shardings=(state_shardings, batch_shardings),
                    out_shardings=(state_shardings, None), donate_argnums=0)
     return cls(config, model, optimizer, mesh, state_shardings, data, step,
-               jax.jit(with_logical_rules(init, mesh, rules), out_shardings=state_shardings))
+               jax.jit(init, out_shardings=state_shardings))
 
   def init(self, rng: jax.Array | None = None) -> TrainState:
     """A fresh state, created directly in its shards (no full copy on any one host)."""
