@@ -157,7 +157,7 @@ class Batcher:
     return jobs
 
   def sample_jobs(self, jobs: list[Job], record: bool = True) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    """One sampler call for the jobs' rows (padded to a bucket), then each job's decode;
+    """One sampler call for the jobs' rows (padded to a bucket) and one decode of its codes;
     `record` counts it in the metrics' sampler calls."""
     first = jobs[0].prepared
     rows = sum(job.rows for job in jobs)
@@ -188,15 +188,16 @@ class Batcher:
     codes = np.asarray(sample(self.pipe.model, self.pipe.params, cat("clip"), keys, **kwargs))
     if record:
       self.metrics.record_call(rows, bucket)
+    images = self.pipe.decode(codes[:rows])  # one decode for all the call's rows
     outputs, start = [], 0
     for job in jobs:
-      job_codes = codes[start:start + job.rows]
-      start += job.rows
-      outputs.append((job_codes, self.pipe.decode(job_codes)))
+      end = start + job.rows
+      outputs.append((codes[start:end], None if images is None else images[start:end]))
+      start = end
     return outputs
 
   def warm_up(self, prepared: Prepared) -> None:
-    """Compiles the sampler for `prepared`'s group at every bucket size (and its decode)."""
+    """Compiles the sampler for `prepared`'s group at every bucket size (and the decode)."""
     for bucket in self.buckets:
       rows = Prepared(np.repeat(prepared.clip[:1], bucket, 0), prepared.labels[:1] * bucket,
                       prepared.seed, prepared.settings,
