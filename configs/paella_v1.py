@@ -4,9 +4,12 @@ Training hyper-parameters are the paper's: AdamW 3e-4 (wd 0.01, eps 1e-8), linea
 10% then constant, gradient clipping 5, label smoothing 0.1, batch 1408, ~600k steps, fp32.
 """
 
+import copy
+
 import ml_collections
 
 from configs import clip_vit_g14, vqgan_sber_f8
+from paella_jax.sampler_settings import V1_DEFAULTS
 
 
 def get_config():
@@ -66,10 +69,6 @@ def get_config():
       source="random", path="", workers=0, prefetch=2,
       vqgan="", clip="", image_size=256, crop="random"))
 
-  c.sampling = ml_collections.ConfigDict(dict(
-      steps=8, cfg=5.0, typical_mass=0.2, typical_min_tokens=1, temperature=(1.0, 1.0),
-      renoise_mode="start", start_step=0,
-      # The paper's per-mode settings for sample.py's editing subcommands (overridable).
-      modes=dict(inpaint=dict(cfg=6.0), outpaint=dict(cfg=4.0), interpolate=dict(cfg=4.0),
-                 edit=dict(cfg=6.0, steps=24, start_step=8, renoise_mode="prev"))))
+  # The paper's sampler settings, per editing mode (paella_jax/sampler_settings.py).
+  c.sampling = ml_collections.ConfigDict(copy.deepcopy(V1_DEFAULTS))
   return c

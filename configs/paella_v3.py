@@ -9,7 +9,11 @@ weights with per-image normalisation, conditioning dropout drawn once per batch,
 below), not data parallel, on 16 GB chips.
 """
 
+import copy
+
 import ml_collections
+
+from paella_jax.sampler_settings import V3_DEFAULTS
 
 
 def get_config():
@@ -55,8 +59,6 @@ def get_config():
   # random | arrays (.npz with tokens, byt5, byt5_mask, clip, clip_image; see docs/v3.md)
   c.data = ml_collections.ConfigDict(dict(source="random", path=""))
 
-  # The original sampler's defaults (src_distributed/utils.py::sample).
-  c.sampling = ml_collections.ConfigDict(dict(
-      steps=12, cfg=(8.0, 8.0), temperature=(0.7, 0.3), typical_mass=None,
-      renoise_mode="start", start_step=0))
+  # The original sampler's defaults (paella_jax/sampler_settings.py).
+  c.sampling = ml_collections.ConfigDict(copy.deepcopy(V3_DEFAULTS))
   return c

@@ -27,7 +27,13 @@ V1_DEFAULTS = dict(
     modes=dict(inpaint=dict(cfg=6.0), outpaint=dict(cfg=4.0), interpolate=dict(cfg=4.0),
                edit=dict(cfg=6.0, steps=24, start_step=8, renoise_mode="prev")))
 
-FAMILY_DEFAULTS = {"paella_v1": V1_DEFAULTS}
+# The v3 release's sampler (src_distributed/utils.py::sample): 12 steps, guidance 8 throughout,
+# temperature 0.7 -> 0.3, no typical filtering.
+V3_DEFAULTS = dict(
+    steps=12, cfg=(8.0, 8.0), typical_mass=None, typical_min_tokens=1, temperature=(0.7, 0.3),
+    renoise_mode="start", start_step=0)
+
+FAMILY_DEFAULTS = {"paella_v1": V1_DEFAULTS, "paella_v3": V3_DEFAULTS}
 
 
 def _finite(value: Any, name: str) -> float:

@@ -23,8 +23,8 @@ import numpy as np
 from paella_jax.models.paella import DenoiseUNet
 from paella_jax.models.paella_v3 import PaellaV3
 from paella_jax.noise import noise_level, replace_tokens
+from paella_jax.sampler_settings import RENOISE_MODES, V1_DEFAULTS, V3_DEFAULTS
 
-RENOISE_MODES = ("start", "prev", "rand")
 # Raised whenever the same key, settings and weights give other codes (sidecars record it, and
 # `sample.py replay` refuses a sidecar of another version). 2: the two-stage draw. 3: one key per
 # row (the pipeline's), so that a row's codes do not depend on the rows sampled with it.
@@ -170,7 +170,7 @@ class _PaellaV1:
   """v1: conditioning a CLIP array (pooled or spatial), uncond = zeros; step i runs at r = i / T
   (0 = noise) and renoises with probability cos(pi r_{i+1} / 2)."""
   model: DenoiseUNet
-  defaults = dict(steps=8, cfg=5.0, typical_mass=0.2, temperature=(1.0, 1.0))
+  defaults = V1_DEFAULTS
 
   @property
   def latent_factor(self) -> int:
@@ -216,7 +216,7 @@ class _PaellaV3:
   With guidance, both halves go through one batched forward when they have the same entries
   (ByT5 sequences of different lengths are padded and masked); otherwise two forwards."""
   model: PaellaV3
-  defaults = dict(steps=12, cfg=(8.0, 8.0), typical_mass=None, temperature=(0.7, 0.3))
+  defaults = V3_DEFAULTS
 
   @property
   def latent_factor(self) -> int:

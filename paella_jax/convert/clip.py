@@ -30,7 +30,7 @@ from flax import traverse_util
 
 from paella_jax import checkpoint
 from paella_jax.convert.torch_io import (CheckpointMismatchError, check_state_dict,
-                                         load_torch_file, to_numpy_state_dict)
+                                         load_torch_file, to_numpy_state_dict, unwrap_state_dict)
 from paella_jax.encoders.clip import load_clip, save_clip
 from paella_jax.models.clip import CLIP, ClipConfig, TextConfig, VisionConfig, init_params
 from paella_jax.tokenizer import END_OF_TEXT, OPEN_CLIP_PAD, ClipTokenizer
@@ -222,15 +222,6 @@ def params_from_hf_state_dict(state_dict: Mapping[str, np.ndarray], config: Clip
 
 # ----------------------------------------------------------------------------- loading
 
-def _unwrap(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-  """The state_dict inside a training checkpoint, without DataParallel's "module." prefix."""
-  if isinstance(state_dict.get("state_dict"), Mapping):
-    state_dict = state_dict["state_dict"]
-  if state_dict and all(k.startswith("module.") for k in state_dict):
-    state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
-  return dict(state_dict)
-
-
 def _hf_weight_files(directory: str) -> list[str]:
   for name in HF_WEIGHT_FILES:
     index = os.path.join(directory, name + ".index.json")
@@ -263,7 +254,7 @@ def _load_hf_dir(directory: str, text_only: bool):
     config = dataclasses.replace(config, vision=None)
   state_dict = {}
   for path in _hf_weight_files(directory):
-    shard = _unwrap(load_torch_file(path))
+    shard = unwrap_state_dict(load_torch_file(path))
     if text_only:  # drop the vision tower shard by shard, before it is converted to float32
       shard = {k: v for k, v in shard.items() if not k.startswith(HF_VISION_PREFIXES)}
     state_dict.update(to_numpy_state_dict(shard))
@@ -273,7 +264,7 @@ def _load_hf_dir(directory: str, text_only: bool):
 
 
 def _load_open_clip(path: str, arch: str | ClipConfig | None, text_only: bool):
-  state_dict = _unwrap(load_torch_file(path))
+  state_dict = unwrap_state_dict(load_torch_file(path))
   kind = _detect_format(state_dict)
   if kind != "open_clip":
     raise CheckpointMismatchError(f"{path} holds Hugging Face CLIPModel names; pass the directory "

@@ -20,8 +20,10 @@ import numpy as np
 
 from paella_jax.checkpoint import save_model
 from paella_jax.convert.torch_io import (CheckpointMismatchError, check_state_dict,
-                                         load_torch_file, to_numpy_state_dict)
+                                         load_torch_file, set_path, to_numpy_state_dict,
+                                         unwrap_state_dict)
 from paella_jax.models.paella import DenoiseUNet, build_model, init_params
+from paella_jax.sampler_settings import family_defaults
 
 KIND = "paella_v1"
 
@@ -86,15 +88,6 @@ def key_map(model: DenoiseUNet) -> list[tuple[str, tuple[str, ...], str]]:
   return entries
 
 
-def _unwrap(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-  """Accepts {"state_dict": ...} wrappers and DistributedDataParallel's "module." prefix."""
-  if "state_dict" in state_dict and isinstance(state_dict["state_dict"], Mapping):
-    state_dict = state_dict["state_dict"]
-  if state_dict and all(k.startswith("module.") for k in state_dict):
-    state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
-  return dict(state_dict)
-
-
 def infer_architecture(sd: Mapping[str, np.ndarray], c_r: int = 64) -> dict[str, Any]:
   """Reads num_labels, c_hidden, c_clip and the level/block counts from tensor shapes."""
   for key in ("embedding.weight", "clf.weight", "down_blocks.0.0.cond_mapper.weight"):
@@ -125,12 +118,6 @@ def infer_architecture(sd: Mapping[str, np.ndarray], c_r: int = 64) -> dict[str,
               down_levels=down_levels, up_levels=up_levels)
 
 
-def _set(tree: dict, path: tuple[str, ...], value) -> None:
-  for name in path[:-1]:
-    tree = tree.setdefault(name, {})
-  tree[path[-1]] = value
-
-
 def paella_v1_from_torch(path_or_state_dict, c_r: int = 64, dtype=jnp.float32
                          ) -> tuple[DenoiseUNet, dict]:
   """Builds the Flax model and its params from a Paella v1 checkpoint (path or state_dict).
@@ -141,7 +128,7 @@ def paella_v1_from_torch(path_or_state_dict, c_r: int = 64, dtype=jnp.float32
   """
   if isinstance(path_or_state_dict, (str, os.PathLike)):
     path_or_state_dict = load_torch_file(path_or_state_dict)
-  sd = to_numpy_state_dict(_unwrap(path_or_state_dict))
+  sd = to_numpy_state_dict(unwrap_state_dict(path_or_state_dict))
   model = build_model(dict(infer_architecture(sd, c_r), dtype=dtype))
   mapping = key_map(model)
   shapes = flax_shapes(model)
@@ -149,7 +136,7 @@ def paella_v1_from_torch(path_or_state_dict, c_r: int = 64, dtype=jnp.float32
   check_state_dict(sd, expected, f"Paella v1 DenoiseUNet {model.architecture()}")
   params: dict = {}
   for torch_key, flax_path, kind in mapping:
-    _set(params, flax_path, np.array(TO_FLAX[kind](sd[torch_key]), np.float32))
+    set_path(params, flax_path, np.array(TO_FLAX[kind](sd[torch_key]), np.float32))
   return model, params
 
 
@@ -173,5 +160,6 @@ def run(args: argparse.Namespace) -> None:
   from paella_jax.models.paella import count_params
   model, params = paella_v1_from_torch(args.checkpoint, c_r=args.c_r)
   out = save_model(args.out_dir, params, KIND, model.architecture(),
-                   meta={"source": os.path.abspath(args.checkpoint)}, overwrite=args.overwrite)
+                   meta={"source": os.path.abspath(args.checkpoint),
+                         "sampling": family_defaults(KIND)}, overwrite=args.overwrite)
   print(f"converted {count_params(params):,} parameters {model.architecture()} -> {out}")

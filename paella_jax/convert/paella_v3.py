@@ -20,16 +20,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from paella_jax.checkpoint import save_model
-from paella_jax.convert.paella import _set, _unwrap
 from paella_jax.convert.torch_io import (CheckpointMismatchError, check_state_dict,
-                                         load_torch_file, to_numpy_state_dict)
+                                         load_torch_file, set_path, to_numpy_state_dict,
+                                         unwrap_state_dict)
 from paella_jax.models.paella_v3 import PaellaV3, build_model, init_params, level_blocks
+from paella_jax.sampler_settings import family_defaults
 
 KIND = "paella_v3"
 RELEASE_NHEAD = (-1, 16, 16)
-# The original sampler's defaults, recorded with converted checkpoints.
-SAMPLING_DEFAULTS = dict(steps=12, temperature=[0.7, 0.3], cfg=[8.0, 8.0], typical_mass=None,
-                         renoise_mode="start")
 
 
 def _heads(shape):  # flax (c, n, hd) or (n, hd): the torch rows of one of q, k, v
@@ -204,7 +202,7 @@ def paella_v3_from_torch(path_or_state_dict, nhead: Sequence[int] = RELEASE_NHEA
   """
   if isinstance(path_or_state_dict, (str, os.PathLike)):
     path_or_state_dict = load_torch_file(path_or_state_dict)
-  sd = to_numpy_state_dict(_unwrap(path_or_state_dict))
+  sd = to_numpy_state_dict(unwrap_state_dict(path_or_state_dict))
   model = build_model(dict(infer_architecture(sd, nhead, self_attn, c_r), dtype=dtype))
   mapping = key_map(model)
   flax_shapes = _flax_shapes(model)
@@ -213,7 +211,7 @@ def paella_v3_from_torch(path_or_state_dict, nhead: Sequence[int] = RELEASE_NHEA
   params: dict = {}
   for torch_key, flax_path, kind in mapping:
     value = _TO_FLAX[kind](sd[torch_key], flax_shapes[flax_path])
-    _set(params, flax_path, np.array(value, np.float32).reshape(flax_shapes[flax_path]))
+    set_path(params, flax_path, np.array(value, np.float32).reshape(flax_shapes[flax_path]))
   return model, params
 
 
@@ -243,6 +241,6 @@ def run(args: argparse.Namespace) -> None:
                                        self_attn=args.self_attn)
   out = save_model(args.out_dir, params, KIND, model.architecture(),
                    meta={"source": os.path.abspath(args.checkpoint),
-                         "sampling": SAMPLING_DEFAULTS},
+                         "sampling": family_defaults(KIND)},
                    overwrite=args.overwrite)
   print(f"converted {count_params(params):,} parameters {model.architecture()} -> {out}")

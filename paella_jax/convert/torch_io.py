@@ -71,3 +71,20 @@ def check_state_dict(state_dict: Mapping[str, np.ndarray],
         shown = ", ".join(items[:12]) + (f", ... ({len(items)} in all)" if len(items) > 12 else "")
         lines.append(f"  {title}: {shown}")
     raise CheckpointMismatchError("\n".join(lines))
+
+
+def unwrap_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+  """The state_dict inside a training checkpoint ({"state_dict": ...}), without
+  DistributedDataParallel's "module." prefix."""
+  if isinstance(state_dict.get("state_dict"), Mapping):
+    state_dict = state_dict["state_dict"]
+  if state_dict and all(k.startswith("module.") for k in state_dict):
+    state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
+  return dict(state_dict)
+
+
+def set_path(tree: dict, path: tuple[str, ...], value) -> None:
+  """tree[path[0]][path[1]]... = value, creating the nested dicts on the way."""
+  for name in path[:-1]:
+    tree = tree.setdefault(name, {})
+  tree[path[-1]] = value
