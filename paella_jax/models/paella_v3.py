@@ -73,6 +73,39 @@ def _constrain(x: jax.Array) -> jax.Array:
   return nn.with_logical_constraint(x, ACT_AXES if x.ndim == 4 else SEQ_AXES)
 
 
+class _Heads(nn.Module):
+  """A multi-head projection in nn.DenseGeneral's parameter layout: (..., c) -> (..., nhead,
+  head_dim) with kernel (c, nhead, head_dim) and bias (nhead, head_dim); with `merge`,
+  (..., nhead, head_dim) -> (..., c) with kernel (nhead, head_dim, c) and bias (c,). Kernels
+  are Glorot-uniform as the 2-D matrices PyTorch's MultiheadAttention holds. (DenseGeneral
+  itself reshapes its kernel inside the initializer, where logical-axis constraints fail.)"""
+  nhead: int
+  head_dim: int
+  merge: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    n, d = self.nhead, self.head_dim
+    if self.merge:  # width c = n * d
+      shape, flat, axes = (n, d, n * d), (n * d, n * d), ("heads", None, "embed")
+      bias_shape, bias_axes, equation = (n * d,), ("embed",), "...nd,ndc->...c"
+    else:
+      c = x.shape[-1]
+      shape, flat, axes = (c, n, d), (c, n * d), ("embed", "heads", None)
+      bias_shape, bias_axes, equation = (n, d), ("heads", None), "...c,cnd->...nd"
+
+    def init(key, full_shape, dtype=jnp.float32):
+      return _xavier()(key, flat, dtype).reshape(full_shape)
+
+    kernel = self.param("kernel", _init(init, axes), shape, self.param_dtype)
+    bias = self.param("bias", _init(nn.initializers.zeros_init(), bias_axes), bias_shape,
+                      self.param_dtype)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    return jnp.einsum(equation, x, kernel) + bias
+
+
 class GlobalResponseNorm(nn.Module):
   """ConvNeXt-V2 GRN: gamma * (x * Nx) + beta + x, Nx = ||x||_2 over (H, W) divided by its
   mean over channels (+ 1e-6). x: (B, H, W, C)."""
@@ -196,21 +229,11 @@ class AttnBlock(nn.Module):
         mask = jnp.concatenate([jnp.ones((b, h * w), bool), mask], axis=1)
     kv = _constrain(kv)
 
-    def project(name):
-      return nn.DenseGeneral(
-          (self.nhead, head_dim), name=name, **kw,
-          kernel_init=_init(_xavier(),
-                            ("embed", "heads", None)),
-          bias_init=_init(nn.initializers.zeros_init(), ("heads", None)))
-
-    q, k, v = project("query")(q_in), project("key")(kv), project("value")(kv)
+    q, k, v = (_Heads(self.nhead, head_dim, name=name, **kw)(inputs)
+               for name, inputs in (("query", q_in), ("key", kv), ("value", kv)))
     attended = jax.nn.dot_product_attention(
         q, k, v, mask=None if mask is None else mask[:, None, None, :])
-    out = nn.DenseGeneral(
-        c, axis=(-2, -1), name="out", **kw,
-        kernel_init=_init(_xavier(),
-                          ("heads", None, "embed")),
-        bias_init=_init(nn.initializers.zeros_init(), ("embed",)))(attended)
+    out = _Heads(self.nhead, head_dim, merge=True, name="out", **kw)(attended)
     return x + out.reshape(b, h, w, c)
 
 

@@ -24,7 +24,7 @@ import optax
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding
 
-from paella_jax.models.paella import DenoiseUNet, build_model
+from paella_jax.models import paella, paella_v3
 from paella_jax.sharding import batch_sharding, logical_shardings, make_mesh, with_logical_rules
 from paella_jax.training.step import TrainState, init_state, make_optimizer, make_train_step
 
@@ -34,7 +34,7 @@ class Trainer:
   """model, optimizer, mesh, state_shardings (a TrainState of NamedShardings), batch_sharding,
   `step` (jit-compiled, state donated) and `init(rng) -> TrainState` (jit with out_shardings)."""
   config: Any
-  model: DenoiseUNet
+  model: paella.DenoiseUNet | paella_v3.PaellaV3
   optimizer: optax.GradientTransformation
   mesh: Mesh
   state_shardings: TrainState
@@ -44,7 +44,8 @@ class Trainer:
 
   @classmethod
   def create(cls, config, devices: Sequence[Any] | None = None) -> "Trainer":
-    model = build_model(config.model)
+    v3 = config.get("kind", "paella_v1") == "paella_v3"
+    model = (paella_v3 if v3 else paella).build_model(config.model)
     optimizer = make_optimizer(config.train)
     mesh = make_mesh(config.mesh, devices)
     rules = config.sharding.rules
@@ -53,9 +54,8 @@ class Trainer:
     boxed = jax.eval_shape(lambda: init(jax.random.key(0), unbox=False))
     state_shardings = logical_shardings(nn.get_partition_spec(boxed), mesh, rules)
     data = batch_sharding(mesh, rules)
-    batch_shardings = {"tokens": data, "clip": data}
     step = jax.jit(with_logical_rules(make_train_step(model, optimizer, config.train), mesh, rules),
-                   in_shardings=(state_shardings, batch_shardings),
+                   in_shardings=(state_shardings, data),  # every array of a batch: rows split
                    out_shardings=(state_shardings, None), donate_argnums=0)
     return cls(config, model, optimizer, mesh, state_shardings, data, step,
                jax.jit(init, out_shardings=state_shardings))
@@ -81,10 +81,16 @@ class Trainer:
           f"global batch {b} is not divisible by the {shards} batch shards (mesh axes {axes} of "
           f"{dict(self.mesh.shape)}) x grad_accum_steps {self.config.train.grad_accum_steps}: "
           "change the batch, config.mesh.shape or the rule for 'batch' in config.sharding.rules")
-    return {"tokens": jax.ShapeDtypeStruct((b, *self.config.latent_shape), jnp.int32,
-                                           sharding=self.batch_sharding),
-            "clip": jax.ShapeDtypeStruct((b, self.model.c_clip), jnp.float32,
-                                         sharding=self.batch_sharding)}
+    shapes = {"tokens": ((*self.config.latent_shape,), jnp.int32)}
+    if isinstance(self.model, paella_v3.PaellaV3):
+      length, width, clip = self.config.byt5_length, self.model.byt5_embd, self.model.clip_embd
+      shapes.update(byt5=((length, width), jnp.float32), byt5_mask=((length,), jnp.bool_),
+                    byt5_empty=((1, width), jnp.float32), clip=((clip,), jnp.float32),
+                    clip_empty=((clip,), jnp.float32), clip_image=((clip,), jnp.float32))
+    else:
+      shapes.update(clip=((self.model.c_clip,), jnp.float32))
+    return {name: jax.ShapeDtypeStruct((b, *shape), dtype, sharding=self.batch_sharding)
+            for name, (shape, dtype) in shapes.items()}
 
   def compile(self, batch_size: int | None = None):
     """The step lowered and compiled for abstract arguments: call it like `step`, and read
