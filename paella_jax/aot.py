@@ -128,5 +128,15 @@ def main(argv):
   sys.exit(0 if report.fits is not False else 1)
 
 
+def cli_main() -> None:
+  """The `paella-aot` command (also `python -m paella_jax.aot`)."""
+  from paella_jax.cli import config_path, make_configs_importable
+  argv = [a.replace("--global-batch", "--global_batch", 1) for a in sys.argv]
+  path = config_path(argv)
+  if path:
+    make_configs_importable(path)
+  app.run(main, argv=argv)
+
+
 if __name__ == "__main__":
-  app.run(main, argv=[a.replace("--global-batch", "--global_batch", 1) for a in sys.argv])
+  cli_main()

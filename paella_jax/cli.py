@@ -4,12 +4,15 @@ A bad argument, input file or checkpoint raises ValueError or OSError (FileNotFo
 FileExistsError, ...) with a message naming the problem. `run_main` prints that message as
 `error: ...` on stderr and exits with status 2; `--debug` anywhere on the command line shows the
 traceback instead. Any other exception is a bug and keeps its traceback. Commands whose flags
-another library parses (absl's `app.run` in train.py) wrap their main in `one_line_errors`.
+another library parses (absl's `app.run`: train, aot) wrap their main in `one_line_errors`, and
+load their config file by path with `config_path` and `make_configs_importable` (a config may
+import the configs beside it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from typing import Callable, Iterator, Sequence
 
@@ -37,3 +40,23 @@ def run_main(main: Callable[[list[str]], object], argv: Sequence[str] | None = N
   debug = DEBUG_FLAG in argv
   with one_line_errors(debug):
     return main([a for a in argv if a != DEBUG_FLAG])
+
+
+def config_path(argv: list[str]) -> str | None:
+  """The --config file named in argv (without a `:override` suffix), if any."""
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return arg.split("=", 1)[1].split(":")[0]
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1].split(":")[0]
+  return None
+
+
+def make_configs_importable(path: str) -> None:
+  """Config files import their siblings as `configs.X`: makes the folder above the `configs`
+  package that holds `path` importable."""
+  package = os.path.dirname(os.path.abspath(path))
+  if os.path.isfile(os.path.join(package, "__init__.py")):
+    root = os.path.dirname(package)
+    if root not in sys.path:
+      sys.path.insert(0, root)

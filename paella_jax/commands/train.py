@@ -25,6 +25,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from paella_jax.cli import config_path, make_configs_importable
+
 DEMO_CONFIG = os.path.join("configs", "demo.py")
 
 config_flags.DEFINE_config_file("config", None, "Config file (get_config()); default: "
@@ -77,26 +79,6 @@ def run_demo(config, workdir: str) -> None:
     print(f"  {name:<16}  {r['colour']:6.1%} {r['shape']:6.1%}  {r['position']:7.1%} {r['all']:5.1%}"
           f"   ({r['count']} images)")
   print('try: python sample.py --prompt "a blue square in the bottom right"')
-
-
-def config_path(argv: list[str]) -> str | None:
-  """The --config file named in argv (without a `:override` suffix), if any."""
-  for i, arg in enumerate(argv):
-    if arg.startswith("--config="):
-      return arg.split("=", 1)[1].split(":")[0]
-    if arg == "--config" and i + 1 < len(argv):
-      return argv[i + 1].split(":")[0]
-  return None
-
-
-def make_configs_importable(path: str) -> None:
-  """Config files import their siblings as `configs.X`: makes the folder above the `configs`
-  package that holds `path` importable."""
-  package = os.path.dirname(os.path.abspath(path))
-  if os.path.isfile(os.path.join(package, "__init__.py")):
-    root = os.path.dirname(package)
-    if root not in sys.path:
-      sys.path.insert(0, root)
 
 
 def cli_main(argv: list[str] | None = None, default_config: str = DEMO_CONFIG) -> None:
