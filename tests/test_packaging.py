@@ -42,6 +42,7 @@ def test_every_command_is_installed_and_answers_help(installed, tmp_path):
   assert "no --config given" in proc.stderr  # outside the repository there is no default
 
 
+@pytest.mark.slow
 def test_installed_commands_sample_and_train_outside_the_repository(installed, tmp_path,
                                                                    tiny_checkpoints):
   _, bin_dir = installed

@@ -79,6 +79,7 @@ def test_conditioning_dropout_is_drawn_per_batch():
   assert 0.4 < same.all(1).mean() < 0.6       # tiny_v3 keeps CLIP text with p 0.5
 
 
+@pytest.mark.slow
 def test_tiny_v3_overfits_a_fixed_batch():
   """200 AdamW steps on 8 examples (EMA on, 2 micro-batches): the weighted loss falls by more
   than half and the EMA follows the params."""

@@ -195,19 +195,24 @@ def output_dir(args) -> str:
   return args.out
 
 
+def run_record(pipe, args, settings) -> dict:
+  """What a run's codes.json and every sidecar record: enough to replay it exactly."""
+  from paella_jax.sampling import SAMPLER_VERSION
+  return dict(command=args.command,
+              args={k: v for k, v in vars(args).items() if k not in ("out", "overwrite")},
+              sampler=settings.to_dict(), sampler_version=SAMPLER_VERSION,
+              checkpoint_id=pipe.model_id, clip_checkpoint=pipe.clip_dir,
+              vqgan_checkpoint=pipe.vqgan_dir)
+
+
 def run(args) -> str:
   """Samples for `args` and writes the outputs; returns the output folder."""
   from paella_jax.pipeline import Pipeline
-  from paella_jax.sampling import SAMPLER_VERSION
   pipe = Pipeline.from_checkpoint(args.checkpoint, clip=args.clip, vqgan=args.vqgan)
   overrides = {k: getattr(args, k, None) for k in SETTING_ARGS}
   common = dict(num_images=args.batch_size, seed=args.seed, **overrides)
   result = MODES[args.command](pipe, args, common)
-  record = dict(command=args.command,
-                args={k: v for k, v in vars(args).items() if k not in ("out", "overwrite")},
-                sampler=result.settings.to_dict(), sampler_version=SAMPLER_VERSION,
-                checkpoint_id=pipe.model_id, clip_checkpoint=pipe.clip_dir,
-                vqgan_checkpoint=pipe.vqgan_dir)
+  record = run_record(pipe, args, result.settings)
   out = output_dir(args)
   write_outputs(out, result, record)
   return out

@@ -177,9 +177,6 @@ class _Preparing:
 
 def sidecar(pipe, args, prepared, index: int) -> dict:
   """The JSON sidecar of one image, as paella-sample writes it."""
-  from paella_jax.sampling import SAMPLER_VERSION
-  return dict(command=args.command,
-              args={k: v for k, v in vars(args).items() if k not in ("out", "overwrite")},
-              sampler=prepared.settings.to_dict(), sampler_version=SAMPLER_VERSION,
-              checkpoint_id=pipe.model_id, clip_checkpoint=pipe.clip_dir,
-              vqgan_checkpoint=pipe.vqgan_dir, index=index, label=prepared.labels[index])
+  from paella_jax.commands.sample import run_record
+  return dict(run_record(pipe, args, prepared.settings), index=index,
+              label=prepared.labels[index])
