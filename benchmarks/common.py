@@ -36,6 +36,8 @@ PRESETS = {
     "tiny": ("tiny", {}, None, "vqgan_tiny"),
     "paella_v1": ("paella_v1", {}, None, "vqgan_sber_f8"),
     "cpu_compare": ("paella_v1", dict(num_labels=1024, c_hidden=256), (16, 16), None),
+    "paella_v3": ("paella_v3", {}, None, "vqgan_paella_f4"),
+    "tiny_v3": ("tiny_v3", {}, None, None),
 }
 
 

@@ -5,7 +5,8 @@
 #
 # Steps (paper config unless SUITE_PRESET says otherwise): numerics against the original's
 # fixtures; sampling at batch 1 and 64 in bf16 (the latency and throughput targets); the bf16
-# train step at batch 64 (MFU target); the same sampling in fp32; depthwise-conv forms; the
+# train step at batch 64 (MFU target); Paella v3 sampling in bf16 at batch 1 and 64 (12 steps
+# with CFG, the compiled sampler's memory recorded); the same v1 sampling in fp32; depthwise-conv forms; the
 # typical filter; the bf16 batch sweep 8-256 with a per-part breakdown (the Fig. 7 plot); VQGAN;
 # the fp32 train step. A step starts only with at least 30 s of the budget left and is stopped
 # when the budget runs out; every benchmark writes its rows as it goes. After each step the
@@ -15,13 +16,14 @@
 # Where ml_collections is missing (configs/ need it), wheels in .carry/wheels are installed
 # first; the fixtures are read from SUITE_REFERENCE (default tests/fixtures).
 # A dry run on a CPU (what tests/test_benchmarks.py runs):
-#   SUITE_PRESET=tiny SUITE_VQGAN=vqgan_tiny SUITE_TYPICAL_SHAPES=256x1024 \
+#   SUITE_PRESET=tiny SUITE_PRESET_V3=tiny_v3 SUITE_VQGAN=vqgan_tiny SUITE_TYPICAL_SHAPES=256x1024 \
 #     bash benchmarks/device_suite.sh 300 /tmp/suite
 set -u
 cd "$(dirname "$0")/.."
 budget=${1:-510}
 out=${2:-${OUT:-/tmp/paella_suite}}
 preset=${SUITE_PRESET:-paella_v1}
+preset_v3=${SUITE_PRESET_V3:-paella_v3}
 vqgan=${SUITE_VQGAN:-vqgan_sber_f8}
 typical_shapes=${SUITE_TYPICAL_SHAPES:-1024x8192,65536x8192}  # rows = images x 1024 tokens
 reference=${SUITE_REFERENCE:-tests/fixtures}
@@ -63,6 +65,8 @@ step "sampling bf16, batch 1 and 64" bench_sampling.py --config "$preset" --dtyp
   --batch-sizes 1,64 --repeats 3
 step "train bf16, batch 64" bench_train.py --config "$preset" --dtype bfloat16 --batch-sizes 64 \
   --steps 5 --repeats 3
+step "v3 sampling bf16, batch 1 and 64" bench_sampling.py --config "$preset_v3" --dtype bfloat16 \
+  --batch-sizes 1,64 --repeats 3 --memory
 step "sampling fp32, batch 1 and 64" bench_sampling.py --config "$preset" --dtype float32 \
   --batch-sizes 1,64 --repeats 3
 step "depthwise conv forms, bf16" bench_depthwise.py --config "$preset" --dtype bfloat16 --batch 128

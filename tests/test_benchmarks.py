@@ -15,9 +15,9 @@ import pytest
 
 from tests.conftest import FIXTURES, ROOT
 
-STEPS = 10
+STEPS = 11
 RESULT_FILES = ("numerics", "sampling_tiny_bfloat16", "sampling_tiny_float32",
-                "sampling_tiny_bfloat16_sweep", "train_tiny_bfloat16", "train_tiny_float32",
+                "sampling_tiny_bfloat16_sweep", "sampling_tiny_v3_bfloat16", "train_tiny_bfloat16", "train_tiny_float32",
                 "depthwise_tiny_bfloat16", "typical_filter", "vqgan_tiny_bfloat16",
                 "vqgan_tiny_float32")
 
@@ -25,7 +25,8 @@ RESULT_FILES = ("numerics", "sampling_tiny_bfloat16", "sampling_tiny_float32",
 @pytest.mark.slow
 def test_device_suite_dry_run_on_cpu(tmp_path):
   out = tmp_path / "suite"
-  env = dict(os.environ, JAX_PLATFORMS="cpu", SUITE_PRESET="tiny", SUITE_VQGAN="vqgan_tiny",
+  env = dict(os.environ, JAX_PLATFORMS="cpu", SUITE_PRESET="tiny", SUITE_PRESET_V3="tiny_v3",
+             SUITE_VQGAN="vqgan_tiny",
              SUITE_TYPICAL_SHAPES="256x1024", SUITE_REFERENCE=str(FIXTURES), PYTHON="python3")
   # A budget no step reaches on a loaded CPU either (about 3 minutes alone on 2 cores).
   subprocess.run(["bash", "benchmarks/device_suite.sh", "1800", str(out)], cwd=ROOT, env=env,
@@ -53,6 +54,9 @@ def test_device_suite_dry_run_on_cpu(tmp_path):
   assert all(row["max_abs_difference"] < 1e-1 for row in results["depthwise_tiny_bfloat16"]["rows"])
   assert all(row[f"{form}_equal"] for row in results["typical_filter"]["rows"]
              for form in ("argsort", "flat", "blocked", "4ary", "16ary"))
+  v3 = results["sampling_tiny_v3_bfloat16"]["rows"]
+  assert [row["batch"] for row in v3] == [1, 64] and all(row["steps"] == 12 for row in v3)
+  assert all(0 < row["memory_temp_bytes"] and row["images_per_s"] > 0 for row in v3)
   sweep = sorted(row["batch"] for row in results["sampling_tiny_bfloat16_sweep"]["rows"])
   assert sweep == [8, 16, 32, 128, 256]
   assert results["sampling_tiny_bfloat16_sweep"]["breakdown"]

@@ -18,3 +18,12 @@ def test_demo_stages_fit_together():
   c = demo.get_config()
   assert c.vqgan.model.n_embed == c.paella.model.num_labels
   assert c.clip.model.projection_dim == c.paella.model.c_clip
+
+
+def test_paella_v3_pairs_with_the_f4_vqgan():
+  from configs import paella_v3, vqgan_paella_f4
+  from paella_jax.models.vqgan import vqgan_from_config
+  c, vq = paella_v3.get_config(), vqgan_paella_f4.get_config()
+  module = vqgan_from_config(vq.model)
+  assert vq.model.n_embed == c.model.num_labels
+  assert vq.image_size // module.factor == c.latent_shape[0]
