@@ -2,12 +2,17 @@
 and for the export back to PyTorch: `python -m paella_jax.convert to-torch CHECKPOINT OUT`.
 
 Each converter module exposes `add_arguments(parser)` and `run(args)`; they are imported only
-when their subcommand is used.
+when their subcommand is used. `--from-hub REPO [FILE]` takes the converter's source (its first
+argument) from the Hugging Face Hub through the local HF cache (see `paella_jax.convert.hub`):
+
+    python -m paella_jax.convert paella-v3 --from-hub dome272/Paella paella_v3.pt OUT
+    python -m paella_jax.convert t5 --from-hub google/byt5-xl OUT
 """
 
 import argparse
 import importlib
 
+HUB_FLAG = "--from-hub"
 COMMANDS = {
     "paella-v1": ("paella_jax.convert.paella", "Paella v1 token predictor (model_600000.pt)"),
     "paella-v3": ("paella_jax.convert.paella_v3", "Paella v3 token predictor (paella_v3.pt)"),
@@ -36,7 +41,19 @@ def main(argv=None):
   module = importlib.import_module(args.module_name)
   cmd_parser = argparse.ArgumentParser(prog=f"python -m paella_jax.convert {args.command}")
   module.add_arguments(cmd_parser)
-  module.run(cmd_parser.parse_args(rest))
+  source = next(a for a in cmd_parser._actions if not a.option_strings)  # the first positional
+  cmd_parser.add_argument(
+      HUB_FLAG, metavar="REPO", help=f"take {source.dest.upper()} from this Hugging Face Hub "
+      f"repo (through the local HF cache): give a FILE of the repo as {source.dest.upper()}, or "
+      "leave it out to take the whole repo as a directory")
+  if any(a == HUB_FLAG or a.startswith(HUB_FLAG + "=") for a in rest):
+    source.nargs = "?"  # REPO alone: the whole repo
+  command_args = cmd_parser.parse_args(rest)
+  if command_args.from_hub:
+    from paella_jax.convert.hub import fetch
+    setattr(command_args, source.dest,
+            fetch(command_args.from_hub, getattr(command_args, source.dest)))
+  module.run(command_args)
 
 
 if __name__ == "__main__":
