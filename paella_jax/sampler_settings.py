@@ -28,10 +28,11 @@ V1_DEFAULTS = dict(
                edit=dict(cfg=6.0, steps=24, start_step=8, renoise_mode="prev")))
 
 # The v3 release's sampler (src_distributed/utils.py::sample): 12 steps, guidance 8 throughout,
-# temperature 0.7 -> 0.3, no typical filtering.
+# temperature 0.7 -> 0.3, no typical filtering. The release has no structural editing; ours
+# starts it at step 4 of 12 (noise level 2/3: each token of the image replaced with p 2/3).
 V3_DEFAULTS = dict(
     steps=12, cfg=(8.0, 8.0), typical_mass=None, typical_min_tokens=1, temperature=(0.7, 0.3),
-    renoise_mode="start", start_step=0)
+    renoise_mode="start", start_step=0, modes=dict(edit=dict(start_step=4)))
 
 FAMILY_DEFAULTS = {"paella_v1": V1_DEFAULTS, "paella_v3": V3_DEFAULTS}
 

@@ -11,16 +11,22 @@
     python sample.py interpolate --prompt "a red circle" --prompt "a blue circle" --frames 8
     python sample.py multi --prompt "a red circle" --prompt "a blue square" --layout columns
     python sample.py replay outputs/000/0001.json --out again/           # regenerate exactly
+    python sample.py --checkpoint ckpts/paella_v3 --prompt "a fox" --negative-prompt "blurry"
 
 Every command writes, into --out or a fresh numbered folder under outputs/, NNNN.png per image
 with a JSON sidecar (all arguments, the seed, every sampler setting and the sampler version, the
 checkpoint ids: enough to regenerate the image bit for bit with `replay`), grid.png, codes.npy
 and codes.json; `interpolate` also writes interpolation.gif. A non-empty --out is refused unless
 --overwrite, which replaces only the files this command writes.
-The model's checkpoint records its CLIP and VQGAN (--clip/--vqgan override them). Sampler
-defaults come from the checkpoint's model.json, per mode (for v1 the paper's: cfg 5 to generate,
-4 to interpolate and outpaint, 6 to inpaint and edit; editing runs 24 steps from step 8 with
-renoise 'prev'); any of them can be overridden ("off" turns guidance or typical filtering off).
+Paella v1 and v3 checkpoints take the same commands (model.json names the family), except
+`multi` (v1 only: v3 has no spatial conditioning). The model's checkpoint records its CLIP, VQGAN
+and, for v3, ByT5 encoder (--clip/--vqgan/--byt5 override them). v3 guides against the empty
+prompt's conditioning, or --negative-prompt's; v1 guides against zero conditioning and refuses a
+negative prompt. Sampler defaults come from the checkpoint's model.json, per mode (for v1 the
+paper's: cfg 5 to generate, 4 to interpolate and outpaint, 6 to inpaint and edit; editing runs 24
+steps from step 8 with renoise 'prev'; for v3 the release's: 12 steps, cfg 8, temperature 0.7 to
+0.3, no typical filtering); any of them can be overridden ("off" turns guidance or typical
+filtering off).
 Expected failures print one line `error: ...` (exit 2); --debug shows the traceback.
 """
 
@@ -36,7 +42,7 @@ import sys
 import numpy as np
 
 COMMANDS = ("generate", "inpaint", "outpaint", "edit", "vary", "interpolate", "multi")
-PATH_ARGS = ("checkpoint", "clip", "vqgan", "embeddings", "image", "mask", "label_map")
+PATH_ARGS = ("checkpoint", "clip", "vqgan", "byt5", "embeddings", "image", "mask", "label_map")
 SETTING_ARGS = ("steps", "cfg", "typical_mass", "typical_min_tokens", "temperature",
                 "renoise_mode", "start_step")
 DEFAULT_OUT = "outputs"
@@ -62,6 +68,10 @@ def _common(p: argparse.ArgumentParser) -> None:
                  help="model directory written by train.py or `python -m paella_jax.convert`")
   p.add_argument("--clip", help="CLIP checkpoint directory (default: the model's)")
   p.add_argument("--vqgan", help="VQGAN checkpoint directory (default: the model's)")
+  p.add_argument("--byt5", help="ByT5 encoder checkpoint directory of a Paella v3 model "
+                 "(default: the model's)")
+  p.add_argument("--negative-prompt", help="Paella v3: guide away from this prompt instead of "
+                 "the empty one")
   p.add_argument("--batch-size", type=int, default=4, help="images per prompt / input")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--steps", type=int, help="denoising steps T")
@@ -96,8 +106,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     _common(p)
   for name in ("generate", "inpaint", "outpaint", "edit", "interpolate", "multi"):
     parsers[name].add_argument("--prompt", action="append", default=[], help="repeatable")
-  parsers["generate"].add_argument("--embeddings", help=".npy of (N, C) or (N, h', w', C) "
-                                   "conditioning instead of prompts")
+  parsers["generate"].add_argument("--embeddings", help="conditioning instead of prompts: v1 "
+                                   ".npy of (N, C) or (N, h', w', C); v3 .npz of byt5, byt5_mask, "
+                                   "clip, clip_image rows (any absent)")
   parsers["generate"].add_argument("--latent-shape", type=int, nargs=2, metavar=("H", "W"))
   for name in ("inpaint", "outpaint", "edit", "vary"):
     parsers[name].add_argument("--image", required=True, help="input image file")
@@ -150,11 +161,20 @@ def _read_image(path: str) -> np.ndarray:
   return load_image(path)
 
 
+def _read_embeddings(path: str):
+  """A .npy array (v1), or a .npz of named arrays (v3's conditioning dict)."""
+  loaded = np.load(path, allow_pickle=False)
+  if isinstance(loaded, np.lib.npyio.NpzFile):
+    with loaded:
+      return dict(loaded)
+  return loaded
+
+
 # One function per subcommand: the pipeline call for these arguments.
 MODES = {
     "generate": lambda pipe, a, common: pipe.generate(
-        a.prompt or None, embeddings=np.load(a.embeddings, allow_pickle=False) if a.embeddings
-        else None, latent_shape=a.latent_shape, **common),
+        a.prompt or None, embeddings=_read_embeddings(a.embeddings) if a.embeddings else None,
+        latent_shape=a.latent_shape, **common),
     "inpaint": lambda pipe, a, common: pipe.inpaint(
         _read_image(a.image), a.prompt, mask=_read_mask(a.mask) if a.mask else None,
         box=a.box, **common),
@@ -200,18 +220,26 @@ def run_record(pipe, args, settings) -> dict:
   from paella_jax.sampling import SAMPLER_VERSION
   return dict(command=args.command,
               args={k: v for k, v in vars(args).items() if k not in ("out", "overwrite")},
-              sampler=settings.to_dict(), sampler_version=SAMPLER_VERSION,
+              sampler=settings.to_dict(), sampler_version=SAMPLER_VERSION, kind=pipe.kind,
+              negative_prompt=getattr(args, "negative_prompt", None),
               checkpoint_id=pipe.model_id, clip_checkpoint=pipe.clip_dir,
-              vqgan_checkpoint=pipe.vqgan_dir)
+              vqgan_checkpoint=pipe.vqgan_dir, byt5_checkpoint=pipe.byt5_dir)
+
+
+def common_arguments(args) -> dict:
+  """The keywords every pipeline mode takes, from the arguments (sidecars written before an
+  option existed lack it: its default)."""
+  overrides = {k: getattr(args, k, None) for k in SETTING_ARGS}
+  return dict(num_images=args.batch_size, seed=args.seed,
+              negative_prompt=getattr(args, "negative_prompt", None), **overrides)
 
 
 def run(args) -> str:
   """Samples for `args` and writes the outputs; returns the output folder."""
   from paella_jax.pipeline import Pipeline
-  pipe = Pipeline.from_checkpoint(args.checkpoint, clip=args.clip, vqgan=args.vqgan)
-  overrides = {k: getattr(args, k, None) for k in SETTING_ARGS}
-  common = dict(num_images=args.batch_size, seed=args.seed, **overrides)
-  result = MODES[args.command](pipe, args, common)
+  pipe = Pipeline.from_checkpoint(args.checkpoint, clip=args.clip, vqgan=args.vqgan,
+                                  byt5=getattr(args, "byt5", None))
+  result = MODES[args.command](pipe, args, common_arguments(args))
   record = run_record(pipe, args, result.settings)
   out = output_dir(args)
   write_outputs(out, result, record)

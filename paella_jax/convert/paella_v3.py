@@ -6,7 +6,11 @@ heads per level and whether attention includes the image tokens (self_attn) are 
 tensors and are arguments (defaults: the release's).
 
     model, params = paella_v3_from_torch("paella_v3.pt")
-    python -m paella_jax.convert paella-v3 paella_v3.pt checkpoints/paella_v3
+    python -m paella_jax.convert paella-v3 paella_v3.pt checkpoints/paella_v3 \
+        --byt5 checkpoints/byt5_xl --clip checkpoints/clip_vit_h14 --vqgan checkpoints/vqgan_f4
+
+With --byt5/--clip/--vqgan the model.json records its encoders (paths relative to the model
+directory), so that `sample.py --checkpoint checkpoints/paella_v3` finds them.
 """
 
 from __future__ import annotations
@@ -232,7 +236,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "(release: -1 16 16)")
   parser.add_argument("--no-self-attn", dest="self_attn", action="store_false",
                       help="attention over the conditioning only (release: with image tokens)")
+  for name, what in (("byt5", "ByT5 encoder (python -m paella_jax.convert t5)"),
+                     ("clip", "CLIP-H (python -m paella_jax.convert clip)"),
+                     ("vqgan", "f4 VQ (python -m paella_jax.convert vqgan)")):
+    parser.add_argument(f"--{name}", help=f"the converted {what} checkpoint directory to "
+                        "record in model.json")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing out_dir")
+
+
+def encoder_records(out_dir: str, **paths: str | None) -> dict[str, str]:
+  """model.json meta entries naming a model's encoders, e.g. {"clip_checkpoint": "../clip"}:
+  each given path relative to the model directory `out_dir` (`checkpoint.recorded_path`
+  resolves them)."""
+  return {f"{key}_checkpoint": os.path.relpath(os.path.abspath(path), os.path.abspath(out_dir))
+          for key, path in paths.items() if path}
 
 
 def run(args: argparse.Namespace) -> None:
@@ -241,6 +258,8 @@ def run(args: argparse.Namespace) -> None:
                                        self_attn=args.self_attn)
   out = save_model(args.out_dir, params, KIND, model.architecture(),
                    meta={"source": os.path.abspath(args.checkpoint),
-                         "sampling": family_defaults(KIND)},
+                         "sampling": family_defaults(KIND),
+                         **encoder_records(args.out_dir, byt5=args.byt5, clip=args.clip,
+                                           vqgan=args.vqgan)},
                    overwrite=args.overwrite)
   print(f"converted {count_params(params):,} parameters {model.architecture()} -> {out}")

@@ -80,8 +80,8 @@ def create_app(pipe, batcher: Batcher, metrics: Metrics, *, checkpoint: str, inp
           tokenizer.max_length if tokenizer else 0, count_tokens))
       args = requests.parse(argv)
       prepared = await loop.run_in_executor(preparing, requests.prepare, pipe, args)
-      if len(prepared.clip) > batcher.max_batch:
-        raise requests.BadRequest(f"too many images: {len(prepared.clip)}, this server samples at "
+      if prepared.rows > batcher.max_batch:
+        raise requests.BadRequest(f"too many images: {prepared.rows}, this server samples at "
                                   f"most {batcher.max_batch} per request (--max-batch)", 413)
       codes, images = await asyncio.wait_for(batcher.submit(prepared), timeout_s)
     except requests.BadRequest as e:

@@ -2,7 +2,8 @@
 
 Requests arrive on an asyncio queue as jobs (one request's prepared rows). Jobs whose rows can
 share a sampler call (same steps, start step, renoise mode, typical_min_tokens, guidance and
-typical filtering on or off, input kind and shapes) form a group; a group is sampled when it holds
+typical filtering on or off, input kind and shapes, conditioning entries and shapes: for Paella v3
+the ByT5 length too, so no request is padded for another) form a group; a group is sampled when it holds
 `max_batch` rows or when its oldest job has waited `max_wait_s`. The traced settings (cfg,
 temperatures, typical mass) go per row, and every row draws from its own key, so a request gets
 the same codes whatever it is batched with. A call is padded to the next bucket (a power of two
@@ -20,7 +21,8 @@ import time
 import jax.numpy as jnp
 import numpy as np
 
-from paella_jax.pipeline import Prepared, row_keys
+from paella_jax.pipeline import (Prepared, concat_rows, map_rows, repeat_rows, row_keys,
+                                 row_signature)
 from paella_jax.sampling import sample
 
 
@@ -41,7 +43,7 @@ class Job:
 
   @property
   def rows(self) -> int:
-    return len(self.prepared.clip)
+    return self.prepared.rows
 
   @property
   def group(self) -> tuple:
@@ -51,7 +53,8 @@ class Job:
     shape = inputs.get("latent_shape") if tokens is None else np.shape(tokens)[1:]
     kind = "noise" if tokens is None else "tokens" if inputs.get("mask") is None else "masked"
     return (s.steps, s.start_step, s.renoise_mode, s.typical_min_tokens, s.cfg is None,
-            s.typical_mass is None, self.prepared.clip.shape[1:], kind, tuple(shape))
+            s.typical_mass is None, row_signature(self.prepared.cond),
+            row_signature(self.prepared.uncond), kind, tuple(shape))
 
 
 def _schedule_rows(value, rows: int) -> np.ndarray:
@@ -79,8 +82,8 @@ class Batcher:
 
   async def submit(self, prepared: Prepared):
     """Queues a request's rows; resolves to (codes, images) once they are sampled."""
-    if len(prepared.clip) > self.max_batch:
-      raise ValueError(f"too many images: {len(prepared.clip)} rows, at most {self.max_batch} "
+    if prepared.rows > self.max_batch:
+      raise ValueError(f"too many images: {prepared.rows} rows, at most {self.max_batch} "
                        "per request (--max-batch)")
     job = Job(prepared, asyncio.get_running_loop().create_future())
     await self.queue.put(job)
@@ -163,9 +166,8 @@ class Batcher:
     rows = sum(job.rows for job in jobs)
     bucket = next(b for b in self.buckets if b >= rows)
     pad = lambda x: np.concatenate([x, np.repeat(x[:1], bucket - len(x), 0)])
-    cat = lambda name: pad(np.concatenate([np.asarray(getattr(job.prepared, name) if name == "clip"
-                                                      else job.prepared.inputs[name])
-                                           for job in jobs]))
+    cat = lambda name: pad(np.concatenate([np.asarray(job.prepared.inputs[name]) for job in jobs]))
+    cat_rows = lambda name: map_rows(pad, concat_rows([getattr(job.prepared, name) for job in jobs]))
     keys = jnp.concatenate([row_keys(job.prepared.seed, job.rows) for job in jobs])
     keys = jnp.concatenate([keys, jnp.repeat(keys[:1], bucket - rows)])
     per_row = lambda name: pad(np.concatenate([_schedule_rows(getattr(job.prepared.settings, name),
@@ -185,7 +187,9 @@ class Batcher:
     if compile_key not in self._compiled:
       self._compiled.add(compile_key)
       self.metrics.compiles += 1
-    codes = np.asarray(sample(self.pipe.model, self.pipe.params, cat("clip"), keys, **kwargs))
+    uncond = None if first.uncond is None else cat_rows("uncond")
+    codes = np.asarray(sample(self.pipe.model, self.pipe.params, cat_rows("cond"), keys,
+                              uncond=uncond, **kwargs))
     if record:
       self.metrics.record_call(rows, bucket)
     images = self.pipe.decode(codes[:rows])  # one decode for all the call's rows
@@ -199,10 +203,12 @@ class Batcher:
   def warm_up(self, prepared: Prepared) -> None:
     """Compiles the sampler for `prepared`'s group at every bucket size (and the decode)."""
     for bucket in self.buckets:
-      rows = Prepared(np.repeat(prepared.clip[:1], bucket, 0), prepared.labels[:1] * bucket,
+      first_row = lambda cond: None if cond is None else repeat_rows(
+          map_rows(lambda a: a[:1], cond), bucket)
+      rows = Prepared(first_row(prepared.cond), prepared.labels[:1] * bucket,
                       prepared.seed, prepared.settings,
                       {k: (np.repeat(v[:1], bucket, 0) if isinstance(v, np.ndarray) else v)
-                       for k, v in prepared.inputs.items()})
+                       for k, v in prepared.inputs.items()}, first_row(prepared.uncond))
       self.sample_jobs([Job(rows, _NoFuture())], record=False)
 
   def close(self) -> None:
