@@ -54,7 +54,9 @@ def get_config():
       ("act_vocab", "tensor"), ("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"),
       ("vocab", "tensor"), ("cond", None), ("conv_in", None))))
 
-  c.export = ml_collections.ConfigDict(dict(weights="params", dtype="float32",
+  # byt5/clip/vqgan_checkpoint: the encoders sample.py should use with the exported model (paths
+  # relative to the exported model directory, or absolute; "" records none).
+  c.export = ml_collections.ConfigDict(dict(weights="params", dtype="float32", byt5_checkpoint="",
                                             clip_checkpoint="", vqgan_checkpoint=""))
   # random | arrays (.npz with tokens, byt5, byt5_mask, clip, clip_image; see docs/v3.md)
   c.data = ml_collections.ConfigDict(dict(source="random", path=""))

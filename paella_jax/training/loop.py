@@ -195,7 +195,8 @@ def export_model(state: TrainState, model, out_dir: str, config) -> str | None:
                           "sampling": config.sampling.to_dict(),
                           "weights": config.export.weights, "dtype": config.export.dtype,
                           **{key: config.export[key] for key in
-                             ("clip_checkpoint", "vqgan_checkpoint") if config.export[key]}},
+                             ("byt5_checkpoint", "clip_checkpoint", "vqgan_checkpoint")
+                             if config.export.get(key)}},
                     overwrite=True)
 
 
