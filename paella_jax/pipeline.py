@@ -418,7 +418,7 @@ class Pipeline:
     prompts, n = _prompt_list(prompts), _count(num_images)
     return repeat_rows(self.encode_text(prompts), n), [p for p in prompts for _ in range(n)]
 
-  def prepare(self, mode: str, *args, **kwargs) -> Prepared:
+  def prepare(self, mode: str, /, *args, **kwargs) -> Prepared:
     """What `getattr(self, mode)(*args, **kwargs)` would sample, without sampling: for callers
     that sample the rows of several calls together (each row keeps its own key and settings)."""
     view = copy.copy(self)
