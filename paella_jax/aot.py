@@ -7,16 +7,21 @@ and compiles the real train step with the config's shardings, and reports per-de
 (arguments, temporaries, outputs) against the chip's HBM, FLOPs per step and FITS / DOES NOT
 FIT. Nothing is chosen for you: mesh and rules are the config's (override them with
 --config.mesh.shape=..., --config.sharding.rules=...).
+
+Expected failures (a topology libtpu does not know, a batch that does not split over the mesh, an
+override of a config field that does not exist, no libtpu) print one line `error: ...` and exit
+with status 2; --debug shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import sys
 
 import jax
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from paella_jax.hardware import GiB, chip_info, out_of_memory
@@ -25,6 +30,7 @@ config_flags.DEFINE_config_file("config", None, "Config file (get_config()).", l
 flags.DEFINE_string("topology", "v5e:2x2", "TPU topology, e.g. v5e:16x16, v4:2x2x2, v5p:4x4x4.")
 flags.DEFINE_integer("num_slices", 1, "Number of slices (multi-slice; see config.mesh.dcn_shape).")
 flags.DEFINE_integer("global_batch", None, "Global batch (default: config.train.batch_size).")
+flags.DEFINE_bool("debug", False, "Show the traceback of expected failures.")
 
 
 class DoesNotFit(Exception):
@@ -77,8 +83,12 @@ class Report:
 
 
 def tpu_devices(topology: str, num_slices: int = 1):
-  """The abstract devices of a TPU topology ("v5e:16x16"); needs libtpu (`jax[tpu]`)."""
+  """The abstract devices of a TPU topology ("v5e:16x16"); needs libtpu (`jax[tpu]`).
+  OSError without libtpu, ValueError for a topology it does not know."""
   from jax.experimental import topologies
+  if importlib.util.find_spec("libtpu") is None and not os.environ.get("TPU_LIBRARY_PATH"):
+    raise OSError("libtpu is not installed: compiling for a TPU topology needs it, on any "
+                  "machine (pip install 'jax[tpu]')")
   # libtpu refuses a second loader on the same machine unless told it may (no TPU is opened).
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   if "tpu" not in (jax.config.jax_platforms or ""):
@@ -86,8 +96,15 @@ def tpu_devices(topology: str, num_slices: int = 1):
     # letting libtpu query a TPU VM's metadata and log errors about what it cannot find.
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
     os.environ.setdefault("TPU_HOST_BOUNDS", "1,1,1")
-  return topologies.get_topology_desc(topology_name=topology, platform="tpu",
-                                      num_slices=num_slices).devices
+  try:
+    return topologies.get_topology_desc(topology_name=topology, platform="tpu",
+                                        num_slices=num_slices).devices
+  except jax.errors.JaxRuntimeError as e:
+    prefix = "INVALID_ARGUMENT: "
+    if not str(e).startswith(prefix):
+      raise
+    raise ValueError(f"--topology {topology}: {str(e)[len(prefix):]} (e.g. v5e:16x16, v4:2x2x2, "
+                     "v5p:4x4x4)") from None
 
 
 def compile_report(config, devices, topology: str, global_batch: int | None = None) -> Report:
@@ -115,7 +132,7 @@ def main(argv):
   del argv
   config = flags.FLAGS.config
   if config is None:
-    raise app.UsageError("--config is required")
+    raise ValueError("--config is required (a config file, e.g. configs/paella_v1.py)")
   if "JAX_PLATFORMS" not in os.environ:
     jax.config.update("jax_platforms", "cpu")  # the host only traces; a local TPU stays free
   devices = tpu_devices(flags.FLAGS.topology, flags.FLAGS.num_slices)
@@ -130,12 +147,8 @@ def main(argv):
 
 def cli_main() -> None:
   """The `paella-aot` command (also `python -m paella_jax.aot`)."""
-  from paella_jax.cli import config_path, make_configs_importable
-  argv = [a.replace("--global-batch", "--global_batch", 1) for a in sys.argv]
-  path = config_path(argv)
-  if path:
-    make_configs_importable(path)
-  app.run(main, argv=argv)
+  from paella_jax.cli import run_absl
+  run_absl(main, [a.replace("--global-batch", "--global_batch", 1) for a in sys.argv])
 
 
 if __name__ == "__main__":

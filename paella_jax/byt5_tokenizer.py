@@ -8,6 +8,8 @@ The result equals transformers' `ByT5Tokenizer` called with padding="longest", t
 and the same max_length, including its handling of special-token strings written in a prompt:
 "<pad>", "</s>" and "<unk>" become their ids and swallow the whitespace around them,
 "<extra_id_N>" becomes its id, and a sequence that already ends in </s> gets no second one.
+Prompts are checked as the CLIP tokenizer checks them (`paella_jax.tokenizer.check_prompts`:
+valid UTF-8 text), and a call that cuts prompts logs one warning naming the length and the limit.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import re
 from typing import Sequence
 
 import numpy as np
+
+from paella_jax.tokenizer import check_prompts, warn_cut
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 OFFSET = 3  # ids before the first byte
@@ -59,18 +63,20 @@ class ByT5Tokenizer:
     self.max_length = max_length
 
   def __call__(self, texts: str | Sequence[str], max_length: int | None = None,
-               pad_to_multiple_of: int | None = None) -> np.ndarray:
-    """(B, L) int32 ids; L is the longest row, rounded up to `pad_to_multiple_of` if given."""
-    if isinstance(texts, str):
-      texts = [texts]
-    if not all(isinstance(t, str) for t in texts):
-      raise TypeError(f"prompts must be strings, got {[type(t).__name__ for t in texts]}")
+               pad_to_multiple_of: int | None = None, warn_truncated: bool = True) -> np.ndarray:
+    """(B, L) int32 ids; L is the longest row, rounded up to `pad_to_multiple_of` if given.
+    With `warn_truncated`, a call that cuts prompts to max_length logs one warning."""
+    texts = check_prompts(texts)
     max_length = self.max_length if max_length is None else max_length
     if max_length < 1:
       raise ValueError(f"max_length must leave room for </s>, got {max_length}")
+    full = [ids if ids and ids[-1] == EOS_ID else ids + [EOS_ID] for ids in map(_encode, texts)]
+    if warn_truncated:
+      warn_cut(texts, [len(ids) for ids in full], max_length, "tokens (UTF-8 bytes and </s>)",
+               "ByT5")
     rows = []
-    for text in texts:
-      ids = _encode(text)[:max_length - 1]
+    for ids in full:
+      ids = ids[:max_length - 1]
       rows.append(ids if ids and ids[-1] == EOS_ID else ids + [EOS_ID])
     length = max((len(r) for r in rows), default=0)
     if pad_to_multiple_of:

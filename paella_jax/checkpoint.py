@@ -143,7 +143,8 @@ def read_model_description(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
   ckpt_dir = os.fspath(ckpt_dir)
   path = os.path.join(ckpt_dir, MODEL_FILE)
   if not os.path.isdir(ckpt_dir):
-    raise FileNotFoundError(f"checkpoint directory not found: {ckpt_dir}")
+    raise FileNotFoundError(ckpt_dir.missing() if isinstance(ckpt_dir, RecordedPath)
+                            else f"checkpoint directory not found: {ckpt_dir}")
   if not os.path.isfile(path):
     raise ValueError(f"{ckpt_dir} is not a paella-jax model checkpoint (no {MODEL_FILE}); "
                      "convert PyTorch weights first with `python -m paella_jax.convert`")
@@ -167,11 +168,32 @@ def checkpoint_id(checkpoint: str | os.PathLike | Mapping[str, Any]) -> str:
   return digest[:16]
 
 
-def recorded_path(checkpoint: str | os.PathLike, meta: Mapping[str, Any], key: str) -> str | None:
+class RecordedPath(str):
+  """A path a model.json records (a `recorded_path`), which remembers where it comes from, so
+  that reading a checkpoint there that is missing says so (`read_model_description`)."""
+  checkpoint: str
+  key: str
+  recorded: str
+
+  def missing(self) -> str:
+    """Why this path is not there, and which flag gives another one."""
+    flag = "--" + self.key.removesuffix("_checkpoint")
+    where = ("relative to the model directory, which was moved or copied without it"
+             if not os.path.isabs(self.recorded) else "which does not exist")
+    return (f"{self} not found: {os.path.join(self.checkpoint, MODEL_FILE)} records its "
+            f"{self.key} as {self.recorded!r}, {where}; pass the checkpoint with {flag} CKPT_DIR")
+
+
+def recorded_path(checkpoint: str | os.PathLike, meta: Mapping[str, Any],
+                  key: str) -> RecordedPath | None:
   """The path `meta[key]` records (e.g. "clip_checkpoint"), resolved against the checkpoint
   directory when relative; None when nothing is recorded."""
   recorded = meta.get(key)
-  return os.path.normpath(os.path.join(checkpoint, recorded)) if recorded else None
+  if not recorded:
+    return None
+  path = RecordedPath(os.path.normpath(os.path.join(checkpoint, recorded)))
+  path.checkpoint, path.key, path.recorded = os.fspath(checkpoint), key, recorded
+  return path
 
 
 def load_model(ckpt_dir: str | os.PathLike, expected_kind: str | None = None

@@ -6,7 +6,8 @@ FileExistsError, ...) with a message naming the problem. `run_main` prints that 
 traceback instead. Any other exception is a bug and keeps its traceback. Commands whose flags
 another library parses (absl's `app.run`: train, aot) wrap their main in `one_line_errors`, and
 load their config file by path with `config_path` and `make_configs_importable` (a config may
-import the configs beside it).
+import the configs beside it); `run_absl` does all of that, and turns a flag absl refuses or a
+`--config.FIELD=...` override of a field the config lacks into one line too.
 """
 
 from __future__ import annotations
@@ -60,3 +61,36 @@ def make_configs_importable(path: str) -> None:
     root = os.path.dirname(package)
     if root not in sys.path:
       sys.path.insert(0, root)
+
+
+def run_absl(main: Callable[[list[str]], object], argv: Sequence[str] | None = None) -> None:
+  """`absl.app.run(main)` with one-line errors: a bad flag, an override of a config field that
+  does not exist and an expected failure of `main` print `error: ...` and exit 2 (--debug: the
+  traceback). argv includes the program name; the command defines its own --debug flag."""
+  from absl import app, flags
+  argv = list(sys.argv if argv is None else argv)
+  path = config_path(argv)
+  if path:
+    make_configs_importable(path)
+
+  def parse(args: list[str]) -> list[str]:
+    try:
+      return flags.FLAGS(args)
+    except flags.Error as e:
+      raise ValueError(str(e)) from e
+    except (AttributeError, KeyError) as e:  # ml_collections: --config.FIELD that is not there
+      overrides = " ".join(a for a in args if a.startswith("--config."))
+      name, *hint = _key_error_lines(e)
+      raise ValueError(" ".join([f"the config has no field {name} ({overrides})", *hint])) from e
+
+  with one_line_errors(DEBUG_FLAG in argv):
+    app.run(main, argv=argv, flags_parser=parse)
+
+
+def _key_error_lines(error: BaseException) -> list[str]:
+  """The lines of the first KeyError in an exception's chain: the key, then ml_collections'
+  "Did you mean ..." hint if any."""
+  while error is not None and not isinstance(error, KeyError):
+    error = error.__context__
+  text = str(error.args[0]) if error is not None and error.args else "?"
+  return [line.strip() for line in text.splitlines() if line.strip()]

@@ -23,7 +23,7 @@ import numpy as np
 from paella_jax.models.paella import DenoiseUNet
 from paella_jax.models.paella_v3 import PaellaV3
 from paella_jax.noise import noise_level, replace_tokens
-from paella_jax.sampler_settings import RENOISE_MODES, V1_DEFAULTS, V3_DEFAULTS
+from paella_jax.sampler_settings import V1_DEFAULTS, V3_DEFAULTS, SamplerSettings
 
 # Raised whenever the same key, settings and weights give other codes (sidecars record it, and
 # `sample.py replay` refuses a sidecar of another version). 2: the two-stage draw. 3: one key per
@@ -413,6 +413,32 @@ def _as_mask(mask, shape: tuple[int, ...]) -> jax.Array:
   return jnp.asarray(mask, bool)
 
 
+def _check_host_settings(steps, cfg, typical_mass, typical_min_tokens, temperature,
+                         renoise_mode, start_step) -> None:
+  """SamplerSettings' checks on the settings given as Python or numpy values (arrays of one
+  value or schedule per row through their extremes, a (start, end) pair as it is); values of
+  other types (traced or device arrays) are left alone."""
+  host = lambda value: isinstance(value, (int, float, list, tuple, np.ndarray, np.generic))
+  integer = lambda value: int(value) if isinstance(value, np.integer) else value
+
+  def values(value):
+    if value is None or not host(value):
+      return None
+    array = np.asarray(value, np.float64)
+    if array.shape == (2,):
+      return tuple(array.tolist())
+    return (float(array.min()), float(array.max())) if array.size else None
+
+  masses = values(typical_mass)
+  settings = SamplerSettings(
+      steps=integer(steps), cfg=values(cfg), typical_mass=masses and masses[0],
+      typical_min_tokens=integer(typical_min_tokens),
+      temperature=values(temperature) or (1.0, 1.0), renoise_mode=renoise_mode,
+      start_step=integer(start_step) if host(start_step) else 0)
+  if masses:
+    dataclasses.replace(settings, typical_mass=masses[1])
+
+
 class _FamilyDefault:
   def __repr__(self):
     return "<the model family's default>"
@@ -467,10 +493,8 @@ def sample(model, params, cond, rng, steps: int | None = None, cfg=FAMILY_DEFAUL
   cfg = family.defaults["cfg"] if cfg is FAMILY_DEFAULT else cfg
   typical_mass = family.defaults["typical_mass"] if typical_mass is FAMILY_DEFAULT else typical_mass
   temperature = family.defaults["temperature"] if temperature is None else temperature
-  if renoise_mode not in RENOISE_MODES:
-    raise ValueError(f"renoise_mode must be one of {RENOISE_MODES}, got {renoise_mode!r}")
-  if not 0 <= start_step <= steps:
-    raise ValueError(f"start_step must lie in [0, {steps}], got {start_step}")
+  _check_host_settings(steps, cfg, typical_mass, typical_min_tokens, temperature, renoise_mode,
+                       start_step)
   conditioning, batch = family.check(cond, uncond)
   if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
     rng = jax.random.wrap_key_data(rng)

@@ -6,7 +6,11 @@
 The vocabulary (49,408 tokens) is the one of every CLIP release; it is built from
 `assets/bpe_simple_vocab_16e6.txt.gz` exactly as OpenAI's CLIP builds it, and handed to
 transformers' `CLIPTokenizer` (which supplies normalisation, pre-tokenisation and BPE).
-Sequences longer than `max_length` are truncated and keep their end-of-text token.
+Sequences longer than `max_length` are truncated and keep their end-of-text token; each call that
+cuts a prompt logs one warning (logger "paella_jax.prompts") naming its length and the limit.
+Prompts must be valid UTF-8 text (`check_prompts`, shared with the ByT5 tokenizer): a string
+holding undecodable bytes (surrogate escapes, e.g. from a command line in another encoding) or
+lone surrogates is refused with a ValueError naming the prompt and the character.
 
 Padding: open_clip (and therefore Paella v1) pads with id 0 (the token "!"), Hugging Face's
 OpenAI CLIP tokenizer with <|endoftext|> (49407). Pooled CLIP embeddings do not depend on it
@@ -19,6 +23,7 @@ from __future__ import annotations
 import functools
 import gzip
 import importlib.resources
+import logging
 import os
 from typing import Sequence
 
@@ -30,6 +35,38 @@ START_OF_TEXT = "<|startoftext|>"
 END_OF_TEXT = "<|endoftext|>"
 OPEN_CLIP_PAD = "!"  # id 0
 CONTEXT_LENGTH = 77
+log = logging.getLogger("paella_jax.prompts")
+
+
+def check_prompts(prompts: str | Sequence[str]) -> list[str]:
+  """A prompt or a sequence of prompts as a list; TypeError for anything but strings,
+  ValueError naming the first prompt that is not valid UTF-8 text."""
+  prompts = [prompts] if isinstance(prompts, str) else prompts
+  if not isinstance(prompts, Sequence) or not all(isinstance(p, str) for p in prompts):
+    raise TypeError("prompts must be a string or a sequence of strings, got "
+                    f"{_describe(prompts)}")
+  for i, prompt in enumerate(prompts):
+    try:
+      prompt.encode("utf-8")
+    except UnicodeEncodeError as e:
+      code = ord(prompt[e.start])
+      what = (f"the byte 0x{code - 0xDC00:02x}, which does not decode as UTF-8"
+              if 0xDC80 <= code <= 0xDCFF else f"the lone surrogate U+{code:04X}")
+      raise ValueError(f"prompt {i} is not valid UTF-8 text: character {e.start} is {what} "
+                       f"({prompt!r:.60}); pass prompts encoded as UTF-8") from None
+  return list(prompts)
+
+
+def warn_cut(prompts: Sequence[str], lengths: Sequence[int], limit: int, unit: str,
+             encoder: str) -> None:
+  """Logs one warning when some `lengths` (special tokens included) exceed `limit`: the first
+  such prompt's length, and how many prompts of the call were cut."""
+  cut = [i for i, n in enumerate(lengths) if n > limit]
+  if cut:
+    first = cut[0]
+    others = f"; {len(cut)} of the {len(prompts)} prompts were cut" if len(cut) > 1 else ""
+    log.warning("prompt cut to %s's %d %s: it has %d (%.60r...), the rest is ignored%s",
+                encoder, limit, unit, lengths[first], prompts[first], others)
 
 
 def _byte_symbols() -> list[str]:
@@ -84,17 +121,23 @@ class ClipTokenizer:
     self.hf_tokenizer = CLIPTokenizer(vocab=dict(vocab), merges=list(merges), pad_token=pad_token,
                                       model_max_length=max_length)
 
-  def __call__(self, prompts: str | Sequence[str]) -> np.ndarray:
-    """Tokenizes a prompt or a list of prompts into a (B, max_length) int32 array."""
-    prompts = [prompts] if isinstance(prompts, str) else prompts
-    if not isinstance(prompts, Sequence) or not all(isinstance(p, str) for p in prompts):
-      raise TypeError("prompts must be a string or a sequence of strings, got "
-                      f"{_describe(prompts)}")
+  def __call__(self, prompts: str | Sequence[str], warn_truncated: bool = True) -> np.ndarray:
+    """Tokenizes a prompt or a list of prompts into a (B, max_length) int32 array; a prompt
+    longer than max_length keeps its first max_length - 1 tokens and <|endoftext|>. With
+    `warn_truncated`, a call that cuts prompts logs one warning."""
+    prompts = check_prompts(prompts)
+    out = np.full((len(prompts), self.max_length), self.pad_token_id, np.int32)
     if not prompts:
-      return np.zeros((0, self.max_length), np.int32)
-    ids = self.hf_tokenizer(list(prompts), padding="max_length", truncation=True,
-                            max_length=self.max_length, return_attention_mask=False)["input_ids"]
-    return np.asarray(ids, np.int32)
+      return out
+    # Untruncated (verbose=False: no advice on lengths), to know what is cut.
+    rows = self.hf_tokenizer(prompts, verbose=False, return_attention_mask=False)["input_ids"]
+    if warn_truncated:
+      warn_cut(prompts, [len(row) for row in rows], self.max_length,
+               "tokens (start and end tokens included)", "CLIP")
+    for i, row in enumerate(rows):
+      row = row if len(row) <= self.max_length else [*row[:self.max_length - 1], self.eos_token_id]
+      out[i, :len(row)] = row
+    return out
 
   def to_config(self) -> dict:
     """JSON-able arguments that rebuild this tokenizer: `ClipTokenizer(**config)`."""

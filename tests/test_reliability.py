@@ -1,11 +1,15 @@
 """Bad inputs and faults: weights-checked checkpoints, --overwrite that replaces only our own
-checkpoints, prepare on a changed source, training that falls back to an older checkpoint, and
-one-line errors (exit 2) of the command lines, with nothing written or lost."""
+checkpoints, prepare on a changed source, training that falls back to an older checkpoint,
+prompts cut to the text encoder's length (warned) or not valid UTF-8 (refused), the sampler's
+own checks of its settings, a model directory copied without its encoders, and one-line errors
+(exit 2) of the command lines, with nothing written or lost."""
 
 import hashlib
 import json
 import logging
+import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,10 +19,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from flax import linen as nn
 
 from paella_jax.checkpoint import (HASH_KEY, checkpoint_id, load_model, read_model_description,
                                    save_model, weights_sha256)
 from paella_jax.cli import run_main
+from paella_jax.sampling import sample
 from tests.conftest import FIXTURES, ROOT
 
 
@@ -314,3 +320,147 @@ def test_command_lines_fail_in_one_line(command, expected, tmp_path):
       run.stderr[-3000:])
   assert "Traceback" not in run.stderr and len(lines) <= 2, run.stderr  # + at most a jax notice
   assert _snapshot(tmp_path) == before
+
+
+def _run(argv, tmp_path, env=None):
+  """Runs `python ARGV` from the repository root (`env` on top of this one's; None removes a
+  variable); returns (exit status, stderr lines)."""
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})}
+  run = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, timeout=300,
+                       env={k: v for k, v in env.items() if v is not None})
+  return run.returncode, run.stderr.decode("utf-8", "replace").strip().splitlines()
+
+
+def test_prompt_bytes_that_are_not_utf8_are_one_line(tiny_checkpoints, tmp_path):
+  """`sample.py --prompt $'\\xff\\xfe'`: Python decodes the bytes to surrogate escapes."""
+  code, lines = _run(["sample.py", "--checkpoint", str(tiny_checkpoints / "model"), "--prompt",
+                      b"a \xff\xfe", "--out", str(tmp_path / "out")], tmp_path)
+  assert code == 2 and lines[-1] == (
+      "error: prompt 0 is not valid UTF-8 text: character 2 is the byte 0xff, which does not "
+      "decode as UTF-8 ('a \\udcff\\udcfe'); pass prompts encoded as UTF-8"), lines
+  assert len(lines) <= 2 and not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--topology", "v9z:2x2"], "error: --topology v9z:2x2: Invalid TPU external name"),
+    (["--global-batch", "3"], "error: global batch 3 is not divisible by the 4 batch shards"),
+    (["--config.train.batch_sise=2"], "error: the config has no field 'batch_sise' "
+     "(--config.train.batch_sise=2) Did you mean \"batch_size\""),
+    (["--config.train.batch_size=two"], "error: flag --config.train.batch_size=two: invalid "
+     "literal for int()"),
+    ("no libtpu", "error: libtpu is not installed: compiling for a TPU topology needs it"),
+    ("debug", "ValueError: --topology v9z:2x2: Invalid TPU external name"),
+])
+def test_aot_fails_in_one_line(args, expected, tmp_path):
+  command = ["-m", "paella_jax.aot", "--config", "configs/tiny.py"]
+  env = {}
+  if args == "no libtpu":
+    env = {"TPU_LIBRARY_PATH": None}
+    command = ["-c", "import sys; sys.modules['libtpu'] = None; sys.argv[0] = 'aot'; "
+               "from paella_jax.aot import cli_main; cli_main()", "--config", "configs/tiny.py"]
+  elif args == "debug":
+    command += ["--topology", "v9z:2x2", "--debug"]
+  else:
+    command += args
+  code, lines = _run(command, tmp_path, env)
+  assert lines[-1].startswith(expected), lines[-5:]
+  if args == "debug":
+    assert code == 1 and "Traceback (most recent call last):" in lines
+  else:
+    assert code == 2 and len(lines) <= 2 and not any("Traceback" in line for line in lines)
+  assert not os.listdir(tmp_path)
+
+
+def _sample_main(argv):
+  from paella_jax.commands.sample import main
+  return main(argv)
+
+
+def test_long_prompts_are_cut_with_one_warning(tiny_checkpoints, tmp_path, caplog):
+  long = " ".join(["word"] * 80)                       # 80 tokens + start and end
+  with caplog.at_level(logging.WARNING, "paella_jax.prompts"):
+    run_main(_sample_main, ["generate", "--checkpoint", str(tiny_checkpoints / "model"),
+                            "--prompt", long, "--prompt", "short", "--prompt", long + " more",
+                            "--out", str(tmp_path / "out")])
+  (warning,) = [r.getMessage() for r in caplog.records if r.name == "paella_jax.prompts"]
+  assert warning.startswith("prompt cut to CLIP's 77 tokens (start and end tokens included): "
+                            "it has 82 ('word word") and warning.endswith(
+                                "the rest is ignored; 2 of the 3 prompts were cut"), warning
+  assert os.path.isfile(tmp_path / "out" / "grid.png")  # cut, not refused
+
+
+def test_byt5_prompts_cut_warn_and_bad_text_is_refused(caplog):
+  from paella_jax.byt5_tokenizer import ByT5Tokenizer
+  tokenizer = ByT5Tokenizer(max_length=16)
+  with caplog.at_level(logging.WARNING, "paella_jax.prompts"):
+    ids = tokenizer(["a" * 15, "é" * 8])               # 16 ids with </s>; 17
+    tokenizer(["a" * 40], warn_truncated=False)
+  (warning,) = [r.getMessage() for r in caplog.records]
+  assert warning.startswith("prompt cut to ByT5's 16 tokens (UTF-8 bytes and </s>): it has 17 "
+                            "('ééééééé") and ids.shape == (2, 16), warning
+  with pytest.raises(ValueError, match=r"prompt 1 is not valid UTF-8 text: character 0 is the "
+                     r"lone surrogate U\+D800"):
+    tokenizer(["fine", "\ud800"])
+
+
+def _moved_model(tiny_checkpoints, tmp_path):
+  """The tiny model directory copied elsewhere, without the ../clip and ../vqgan it records."""
+  moved = tmp_path / "elsewhere" / "model"
+  shutil.copytree(tiny_checkpoints / "model", moved)
+  return moved
+
+
+@pytest.mark.parametrize("given, flag", [([], "--clip"), (["--clip", "clip"], "--vqgan")])
+def test_model_copied_without_its_encoders_names_the_flag(given, flag, tiny_checkpoints,
+                                                           tmp_path, capsys):
+  moved = _moved_model(tiny_checkpoints, tmp_path)
+  given = [str(tiny_checkpoints / a) if a == "clip" else a for a in given]
+  line = _cli_error(capsys, _sample_main, ["generate", "--checkpoint", str(moved), "--prompt",
+                                           "a", "--out", str(tmp_path / "out"), *given])
+  key = flag[2:] + "_checkpoint"
+  missing = tmp_path / "elsewhere" / flag[2:]
+  assert line == (f"error: {missing} not found: {moved}/model.json records its {key} as "
+                  f"'../{flag[2:]}', relative to the model directory, which was moved or copied "
+                  f"without it; pass the checkpoint with {flag} CKPT_DIR")
+  assert sorted(os.listdir(tmp_path)) == ["elsewhere"]   # no output folder
+
+
+@pytest.fixture(scope="module")
+def abstract_model():
+  """A tiny v1 predictor with abstract parameters: enough to trace the sampler."""
+  from paella_jax.models.paella import build_model
+  model = build_model(dict(num_labels=32, c_hidden=32, c_clip=8, c_r=16, down_levels=[1, 1],
+                           up_levels=[1, 1]))
+  params = jax.eval_shape(lambda: nn.meta.unbox(model.init(
+      jax.random.key(0), jnp.zeros((1, 8, 8), jnp.int32), jnp.zeros((1, 8)),
+      jnp.zeros((1,)))["params"]))
+  return model, params
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(steps=0), "steps must be an integer >= 1, got 0"),
+    (dict(cfg=math.nan), "cfg must be a finite number, got nan"),
+    (dict(cfg=(5.0, math.inf)), "cfg must be a finite number, got inf"),
+    (dict(cfg=np.array([1.0, np.nan])), "cfg must be a finite number, got nan"),
+    (dict(typical_mass=0.0), r"typical_mass must lie in \(0, 1\] \(or be off\), got 0.0"),
+    (dict(typical_mass=np.array([0.2, 1.5])), r"typical_mass must lie in \(0, 1\]"),
+    (dict(temperature=(1.0, -0.5)), "temperatures must be >= 0"),
+    (dict(temperature=np.array([[1.0, 1.0], [np.inf, 1.0]])),
+     "temperature must be a finite number, got inf"),
+    (dict(start_step=9), r"start_step must be an integer in \[0, steps=8\], got 9"),
+    (dict(renoise_mode="later"), "renoise_mode must be one of"),
+])
+def test_sampler_checks_host_settings(settings, message, abstract_model):
+  model, params = abstract_model
+  with pytest.raises(ValueError, match=message):
+    sample(model, params, np.zeros((2, 8), np.float32), jax.random.key(0), latent_shape=(8, 8),
+           **settings)
+
+
+def test_sampler_checks_leave_traced_values_alone():
+  """Values inside a trace (and device arrays) are not host values: not read, not refused."""
+  from paella_jax.sampling import _check_host_settings
+  check = lambda cfg, mass, temperature: _check_host_settings(8, cfg, mass, 1, temperature,
+                                                              "start", 0)
+  jax.eval_shape(check, jnp.float32(math.nan), jnp.float32(-1.0), jnp.full((2, 2), -1.0))
+  check(jnp.asarray([math.nan, 1.0]), jnp.asarray(2.0), jnp.asarray([-1.0, 1.0]))

@@ -124,14 +124,17 @@ class ByT5Encoder:
 
   Args:
     masked: pass the padding mask to the encoder (see the module docstring).
+    warn_truncated: log one warning per `encode` call that cuts prompts to the tokenizer's
+      max_length (False for dataset captions, cut as in training).
     mesh, rules: where the parameters and the batch live (default: every local device on
       "fsdp", DEFAULT_RULES); batch_size must divide evenly over the batch's mesh axes.
   """
 
   def __init__(self, model: T5Encoder, params: Any, tokenizer: ByT5Tokenizer,
                batch_size: int = 64, pad_multiple: int = 64, masked: bool = True,
-               mesh: Mesh | None = None, rules: Any = DEFAULT_RULES):
+               mesh: Mesh | None = None, rules: Any = DEFAULT_RULES, warn_truncated: bool = True):
     self.model, self.tokenizer, self.masked = model, tokenizer, masked
+    self.warn_truncated = warn_truncated
     self.batch_size, self.pad_multiple = batch_size, pad_multiple
     self.mesh = default_mesh() if mesh is None else mesh
     spec = batch_sharding(self.mesh, rules).spec[0]
@@ -145,7 +148,8 @@ class ByT5Encoder:
 
   def encode(self, prompts: str | Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Prompts -> (hidden (N, L, d_model) float32, mask (N, L) bool) as numpy arrays."""
-    ids = self.tokenizer(prompts, pad_to_multiple_of=self.pad_multiple)
+    ids = self.tokenizer(prompts, pad_to_multiple_of=self.pad_multiple,
+                         warn_truncated=self.warn_truncated)
     if not len(ids):
       raise ValueError("no prompts: give at least one (the empty string is a prompt)")
     mask = ids != PAD_ID

@@ -68,10 +68,14 @@ class ClipEncoder:
 
   Inputs are cut into chunks of `batch_size` (the last one padded), so each encoder compiles
   once. The null conditioning for classifier-free guidance is `null(n)`: zeros, as in Paella.
+  Prompts longer than the context are cut, with one warning per `encode_text` call unless
+  `warn_truncated` is False (dataset captions, cut as in training).
   """
 
-  def __init__(self, model: CLIP, params: Any, tokenizer: ClipTokenizer, batch_size: int = 64):
+  def __init__(self, model: CLIP, params: Any, tokenizer: ClipTokenizer, batch_size: int = 64,
+               warn_truncated: bool = True):
     self.model, self.params, self.tokenizer, self.batch_size = model, params, tokenizer, batch_size
+    self.warn_truncated = warn_truncated
     self._text = data_parallel(
         lambda p, ids: model.apply({"params": p}, ids, method="encode_text"), chunk_size=batch_size)
     self._image = data_parallel(
@@ -85,7 +89,7 @@ class ClipEncoder:
 
   def encode_text(self, prompts: str | Sequence[str]) -> np.ndarray:
     """Prompts -> unnormalised text embeddings (N, projection_dim) float32."""
-    return self._encode(self._text, self.tokenizer(prompts))
+    return self._encode(self._text, self.tokenizer(prompts, warn_truncated=self.warn_truncated))
 
   def encode_images(self, pixels: np.ndarray) -> np.ndarray:
     """Normalised pixels (N, S, S, 3) (see `preprocess_images`) -> (N, projection_dim) float32."""
