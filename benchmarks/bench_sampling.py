@@ -10,7 +10,8 @@ unconditional batch-1 conditioning, as the original sampler does. Sampler settin
 family's (v1: 8 steps, cfg 5, typical 0.2; v3: 12 steps, cfg 8, no typical filtering).
 
 `--memory` adds the compiled sampler's memory (arguments, temporaries, outputs, peak; XLA's
-memory analysis of the executable) to every row; `--memory-only` compiles from abstract shapes
+memory analysis of the executable; where XLA refuses a program larger than the chip, the
+temporaries it asked for) to every row; `--memory-only` compiles from abstract shapes
 without running or allocating the weights, on this backend or, with `--topology v5e:2x2`, for
 one chip of a TPU topology (libtpu, ahead of time). With `--breakdown B` (v1), one sampler step
 at batch B is split into its parts, each jit-compiled alone: the guided forward, the typical
@@ -27,6 +28,7 @@ filter and the draw + renoise.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from common import (PRESETS, ROOT, load_preset, parse_ints, random_vqgan, time_calls,
@@ -95,8 +97,15 @@ def compiled_memory(model, params, batch: int, latent_shape, settings: dict, byt
     with jax.ensure_compile_time_eval():  # the sampler's host-side set-up stays on the host
       return sample(model, p, c, k, latent_shape=latent_shape, **e, **settings)
 
-  memory = jax.jit(run).lower(*args).compile().memory_analysis()
-  row = dict(memory_arguments_bytes=memory.argument_size_in_bytes,
+  try:
+    memory = jax.jit(run).lower(*args).compile().memory_analysis()
+  except jax.errors.JaxRuntimeError as error:  # XLA refuses a program larger than the HBM
+    needed = re.search(r"HLO temporaries \(([\d.]+)G\)", str(error))
+    if not out_of_memory(error) or not needed:
+      raise
+    print(f"B={batch:4d}  compiled sampler: does not fit, {needed[1]} GiB of temporaries")
+    return dict(memory_fits=False, memory_temp_bytes=int(float(needed[1]) * GiB))
+  row = dict(memory_fits=True, memory_arguments_bytes=memory.argument_size_in_bytes,
              memory_temp_bytes=memory.temp_size_in_bytes,
              memory_output_bytes=memory.output_size_in_bytes)
   row["memory_peak_bytes"] = (row["memory_arguments_bytes"] + row["memory_temp_bytes"]
