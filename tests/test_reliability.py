@@ -300,12 +300,16 @@ def _train_workdir(tmp_path):
 @pytest.mark.parametrize("command, expected", [
     ("train", "holds another model: params/clf/bias is (7,) in its checkpoint (step 1) but "
               "(64,) in this config"),
+    ("train_config_field", "the config has no field 'batch_sise' (--config.train.batch_sise=2)"),
     ("convert", "checkpoint not found"),
     ("prepare", "folder source not found"),
 ])
 def test_command_lines_fail_in_one_line(command, expected, tmp_path):
   if command == "train":
     argv = _train_workdir(tmp_path)
+  elif command == "train_config_field":
+    argv = ["train.py", "--config", "configs/tiny.py", "--config.train.batch_sise=2",
+            f"--workdir={tmp_path / 'work'}"]
   elif command == "convert":
     argv = ["-m", "paella_jax.convert", "paella-v1", str(tmp_path / "missing.pt"),
             str(tmp_path / "out")]

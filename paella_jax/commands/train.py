@@ -22,10 +22,10 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from paella_jax.cli import config_path, make_configs_importable
+from paella_jax.cli import config_path, run_absl
 
 DEMO_CONFIG = os.path.join("configs", "demo.py")
 
@@ -91,5 +91,4 @@ def cli_main(argv: list[str] | None = None, default_config: str = DEMO_CONFIG) -
                        "--config path/to/configs/NAME.py")
     path = default_config
     argv.append(f"--config={path}")
-  make_configs_importable(path)
-  app.run(main, argv)
+  run_absl(main, argv)
