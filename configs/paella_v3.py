@@ -13,6 +13,7 @@ import copy
 
 import ml_collections
 
+from configs import byt5_xl
 from paella_jax.sampler_settings import V3_DEFAULTS
 
 
@@ -28,7 +29,6 @@ def get_config():
       # matmul outputs (less memory, more FLOPs).
       remat="none", dtype="float32", param_dtype="float32"))
   c.latent_shape = (64, 64)  # 256 x 256 images through the f4 VQ
-  c.byt5_length = 768        # ByT5 tokens per caption in training batches (padded, masked)
 
   c.train = ml_collections.ConfigDict(dict(
       seed=0, batch_size=2048, total_steps=1_500_000,
@@ -58,8 +58,17 @@ def get_config():
   # relative to the exported model directory, or absolute; "" records none).
   c.export = ml_collections.ConfigDict(dict(weights="params", dtype="float32", byt5_checkpoint="",
                                             clip_checkpoint="", vqgan_checkpoint=""))
-  # random | arrays (.npz with tokens, byt5, byt5_mask, clip, clip_image; see docs/v3.md)
-  c.data = ml_collections.ConfigDict(dict(source="random", path=""))
+  # source: records (paella-prepare --family v3, see docs/data.md) | random | arrays (.npz, see
+  # docs/v3.md). byt5: what the data holds for the caption: "ids" (ByT5 byte ids; the step runs
+  # the frozen encoder of c.byt5 on them, as the original) or "states" (precomputed hidden
+  # states). Each batch's ByT5 inputs are padded (masked) to the smallest of byt5_buckets that
+  # holds its longest caption: the step compiles once per bucket.
+  c.data = ml_collections.ConfigDict(dict(source="random", path="", byt5="ids",
+                                          byt5_buckets=(64, 128, 256, 512, 768),
+                                          workers=0, prefetch=2))
+  # The frozen text encoder run inside the train step on byte ids: ByT5-XL's encoder in
+  # bfloat16, its parameters sharded by its own rules (FSDP over "fsdp") on the training mesh.
+  c.byt5 = byt5_xl.get_config()
 
   # The original sampler's defaults (paella_jax/sampler_settings.py).
   c.sampling = ml_collections.ConfigDict(copy.deepcopy(V3_DEFAULTS))

@@ -31,25 +31,42 @@ def test_noise_levels_and_linear_replacement():
   np.testing.assert_allclose(replaced.mean(axis=(1, 2)), rates, atol=0.02)
 
 
-def first_batch(cfg, batch_size):
-  """The first batch of the trainer's data source for `cfg`, as jax arrays."""
+def first_batch(cfg, batch_size, byt5="states"):
+  """The first batch of the trainer's data source for `cfg` (ByT5 `byt5`: "states" or "ids",
+  at most 8 tokens), as jax arrays."""
   cfg.train.batch_size = batch_size
+  cfg.data.update(byt5=byt5, byt5_buckets=(8,))
   return {k: jnp.asarray(v) for k, v in next(make_batcher(cfg)).items()}
 
 
-def test_v3_batches_from_random_and_array_sources(tmp_path):
+def test_v3_random_byte_ids():
+  """Random byte ids end with </s> at the last real position and are 0 after it."""
+  batch = first_batch(tiny_v3.get_config(), 16, "ids")
+  assert sorted(batch) == sorted(V3_ARRAYS["ids"])
+  ids, mask = np.asarray(batch["byt5_ids"]), np.asarray(batch["byt5_mask"])
+  lengths = mask.sum(1)
+  np.testing.assert_array_equal(ids[np.arange(16), lengths - 1], 1)
+  assert (ids[~mask] == 0).all() and (mask == (np.arange(8) < lengths[:, None])).all()
+
+
+@pytest.mark.parametrize("byt5", ["states", "ids"])
+def test_v3_batches_from_random_and_array_sources(tmp_path, byt5):
   cfg = tiny_v3.get_config()
-  batch = first_batch(cfg, 4)
-  assert sorted(batch) == sorted(V3_ARRAYS)
-  assert batch["byt5"].shape == (4, 8, 40) and batch["byt5_mask"].dtype == bool
-  assert batch["byt5_empty"].shape == (4, 1, 40) and batch["clip_empty"].shape == (4, 24)
+  batch = first_batch(cfg, 4, byt5)
+  assert sorted(batch) == sorted(V3_ARRAYS[byt5])
+  assert batch["byt5_mask"].shape == (4, 8) and batch["byt5_mask"].dtype == bool
+  if byt5 == "states":
+    assert batch["byt5"].shape == (4, 8, 40) and batch["byt5_empty"].shape == (4, 1, 40)
+  assert batch["clip_empty"].shape == (4, 24)
   np.testing.assert_array_equal(batch["clip_empty"][0], batch["clip_empty"][3])
   arrays = {k: np.asarray(v) for k, v in batch.items()}
-  arrays.update(byt5_empty=arrays["byt5_empty"][0], clip_empty=arrays["clip_empty"][0])
+  arrays.update(clip_empty=arrays["clip_empty"][0])
+  if byt5 == "states":
+    arrays.update(byt5_empty=arrays["byt5_empty"][0])
   del arrays["clip_image"]  # optional
   np.savez(tmp_path / "v3.npz", **arrays)
   cfg.data.update(source="arrays", path=str(tmp_path / "v3.npz"))
-  loaded = first_batch(cfg, 4)
+  loaded = first_batch(cfg, 4, byt5)
   assert "clip_image" not in loaded
   for key in loaded:  # the same examples, in the batcher's shuffled order
     np.testing.assert_array_equal(np.sort(np.asarray(loaded[key]).reshape(4, -1), 0),

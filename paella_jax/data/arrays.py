@@ -97,33 +97,47 @@ class ArrayBatcher:
             **{name: values[index] for name, values in self.extra.items()}}
 
 
-V3_ARRAYS = ("tokens", "byt5", "byt5_mask", "clip", "clip_image", "byt5_empty", "clip_empty")
+V3_ARRAYS = {  # per ByT5 input (config.data.byt5); clip_image is optional
+    "states": ("tokens", "byt5", "byt5_mask", "clip", "clip_image", "byt5_empty", "clip_empty"),
+    "ids": ("tokens", "byt5_ids", "byt5_mask", "clip", "clip_image", "clip_empty")}
 
 
 def v3_arrays(path: str | None, num_examples: int, latent_shape: tuple[int, int], model,
-              length: int, seed: int = 0) -> dict[str, np.ndarray]:
-  """Paella v3 training arrays: from an .npz (tokens (N, h, w), byt5 (N, L, byt5_embd),
-  byt5_mask (N, L), clip and optionally clip_image (N, clip_embd), and the empty caption's
-  byt5_empty (L0, byt5_embd) and clip_empty (clip_embd,)), or random ones when `path` is None.
-  The empty caption's arrays are broadcast to one row per example."""
+              length: int, seed: int = 0, byt5: str = "states") -> dict[str, np.ndarray]:
+  """Paella v3 training arrays (V3_ARRAYS[byt5]): from an .npz (tokens (N, h, w), with
+  byt5 = "states" byt5 (N, L, byt5_embd) and the empty caption's byt5_empty (L0, byt5_embd),
+  with "ids" ByT5 byte ids byt5_ids (N, L) int; byt5_mask (N, L), clip and optionally
+  clip_image (N, clip_embd), the empty caption's clip_empty (clip_embd,)), or random ones of L
+  = `length` positions (1 to L real tokens each) when `path` is None. The empty caption's
+  arrays are broadcast to one row per example."""
+  names = V3_ARRAYS[byt5]
   if path is None:
     rng = np.random.default_rng(seed)
     lengths = rng.integers(1, length + 1, num_examples)
+    mask = np.arange(length)[None] < lengths[:, None]
     arrays = dict(
         tokens=rng.integers(0, model.num_labels, (num_examples, *latent_shape), dtype=np.int32),
-        byt5=rng.standard_normal((num_examples, length, model.byt5_embd), dtype=np.float32),
-        byt5_mask=np.arange(length)[None] < lengths[:, None],
+        byt5_mask=mask,
         clip=rng.standard_normal((num_examples, model.clip_embd), dtype=np.float32),
         clip_image=rng.standard_normal((num_examples, model.clip_embd), dtype=np.float32),
-        byt5_empty=rng.standard_normal((1, model.byt5_embd), dtype=np.float32),
         clip_empty=rng.standard_normal((model.clip_embd,), dtype=np.float32))
+    if byt5 == "ids":  # random bytes, then </s> (id 1), then padding (0)
+      ids = np.where(mask, rng.integers(3, 259, mask.shape), 0).astype(np.int32)
+      ids[np.arange(num_examples), lengths - 1] = 1
+      arrays["byt5_ids"] = ids
+    else:
+      arrays.update(
+          byt5=rng.standard_normal((num_examples, length, model.byt5_embd), dtype=np.float32),
+          byt5_empty=rng.standard_normal((1, model.byt5_embd), dtype=np.float32))
   else:
     with np.load(path, allow_pickle=False) as data:
-      missing = set(V3_ARRAYS) - {"clip_image"} - set(data.files)
+      missing = set(names) - {"clip_image"} - set(data.files)
       if missing:
-        raise ValueError(f"{path} lacks arrays {sorted(missing)} (has {data.files})")
-      arrays = {k: data[k] for k in V3_ARRAYS if k in data.files}
+        raise ValueError(f"{path} lacks arrays {sorted(missing)} (has {data.files}) for ByT5 "
+                         f"{byt5} (config.data.byt5)")
+      arrays = {k: data[k] for k in names if k in data.files}
   n = len(arrays["tokens"])
   for name in ("byt5_empty", "clip_empty"):
-    arrays[name] = np.broadcast_to(arrays[name], (n, *arrays[name].shape))
+    if name in arrays:
+      arrays[name] = np.broadcast_to(arrays[name], (n, *arrays[name].shape))
   return arrays

@@ -13,6 +13,8 @@ run must use the same count. In
 `ImageBatcher` (small datasets, fine-tuning) the workers decode and crop raw images and the
 main process encodes each batch with the VQGAN and CLIP (jit, data-parallel on the local
 devices) before handing it on; unusable examples are skipped (see decode.REASONS).
+`V3RecordBatcher` reads Paella v3's records and pads each batch's ByT5 inputs to the smallest of
+a few bucket lengths, so that the jit-compiled step sees only those shapes.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import grain.python as pg
 import numpy as np
 
 from paella_jax.data.decode import BadInput, decode_example
-from paella_jax.data.records import read_manifest, record_format, record_paths
+from paella_jax.data.records import (FORMAT, FORMAT_V3, read_manifest, record_format,
+                                     record_paths)
 from paella_jax.data.sources import Source
 
 log = logging.getLogger("paella_jax.data")
@@ -60,7 +63,8 @@ class _GrainBatcher:
   """An endless grain DataLoader iterator with JSON-able `state()`."""
 
   def __init__(self, source, operations, batch_size: int, seed: int, state: dict | None,
-               rows: slice | None, workers: int, prefetch: int, read_threads: int):
+               rows: slice | None, workers: int, prefetch: int, read_threads: int,
+               batch_fn=None):
     shard, self.local_batch = _shard_options(batch_size, rows)
     if len(source) < batch_size:
       raise ValueError(f"{len(source)} examples are fewer than one global batch of {batch_size}")
@@ -69,7 +73,8 @@ class _GrainBatcher:
     sampler = pg.IndexSampler(len(source), shard, shuffle=True, num_epochs=None, seed=seed)
     loader = pg.DataLoader(
         data_source=source, sampler=sampler,
-        operations=[*operations, pg.Batch(self.local_batch, drop_remainder=True)],
+        operations=[*operations, pg.Batch(self.local_batch, drop_remainder=True,
+                                          batch_fn=batch_fn)],
         worker_count=workers, worker_buffer_size=prefetch,
         read_options=pg.ReadOptions(num_threads=read_threads, prefetch_buffer_size=500))
     self._iterator = iter(loader)
@@ -97,20 +102,114 @@ class RecordBatcher(_GrainBatcher):
                rows: slice | None = None, workers: int = 0, prefetch: int = 2,
                read_threads: int = 16):
     self.manifest = read_manifest(directory)
+    if self.manifest["format"] != FORMAT:
+      raise ValueError(f"{directory} holds {self.manifest['format']} records (Paella v3): train "
+                       "them with a v3 config (kind paella_v3)")
     source = pg.ArrayRecordDataSource(record_paths(directory, self.manifest))
     super().__init__(source, [_ParseRecord(record_format(self.manifest))], batch_size, seed,
                      state, rows, workers, prefetch, read_threads)
 
   def check(self, latent_shape, num_labels: int, c_clip: int) -> None:
     """Raises ValueError when the records do not fit a model (latent shape, codebook, clip)."""
+    _check_manifest(self.manifest, latent_shape, num_labels, c_clip)
+
+
+def _check_manifest(m: dict, latent_shape, num_labels: int, c_clip: int) -> None:
+  where = "prepared dataset"
+  if tuple(m["latent_shape"]) != tuple(latent_shape):
+    raise ValueError(f"{where}: latents {tuple(m['latent_shape'])}, the model expects "
+                     f"{tuple(latent_shape)}")
+  if m["num_labels"] > num_labels:
+    raise ValueError(f"{where}: VQGAN with {m['num_labels']} codes, the model has {num_labels}")
+  if m["c_clip"] != c_clip:
+    raise ValueError(f"{where}: CLIP embeddings of {m['c_clip']}, the model expects {c_clip}")
+
+
+BYT5_BUCKETS = (64, 128, 256, 512, 768)
+BYT5_FIELDS = ("byt5_ids", "byt5", "byt5_mask")  # the fields whose axis 1 is ByT5 positions
+
+
+def bucket_length(n: int, buckets) -> int:
+  """The smallest bucket length >= n (ByT5 tokens)."""
+  for b in sorted(buckets):
+    if b >= n:
+      return int(b)
+  raise ValueError(f"{n} ByT5 tokens exceed the longest bucket {max(buckets)}: add a bucket or "
+                   "prepare with a smaller --byt5-max-length")
+
+
+def byt5_extent(batch: dict[str, np.ndarray]) -> int:
+  """Positions up to the last real ByT5 token of any row (from "byt5_mask")."""
+  used = np.flatnonzero(np.asarray(batch["byt5_mask"]).any(axis=0))
+  return int(used[-1]) + 1 if len(used) else 0
+
+
+def fit_byt5(batch: dict[str, np.ndarray], length: int) -> dict[str, np.ndarray]:
+  """The batch with its ByT5 fields padded (zeros, mask False) or cut to `length` positions;
+  cutting drops padding only."""
+  if byt5_extent(batch) > length:
+    raise ValueError(f"ByT5 inputs of {byt5_extent(batch)} tokens do not fit in {length}")
+  def fit(x):
+    x = x[:, :length]
+    return np.pad(x, [(0, 0), (0, length - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
+  return {k: fit(v) if k in BYT5_FIELDS else v for k, v in batch.items()}
+
+
+class _BucketBatch:
+  """grain batch_fn for v3 records: stacks the fixed fields; pads the ByT5 inputs of the batch
+  to the smallest bucket that holds its longest, with "byt5_mask" True at real tokens; adds the
+  empty caption's "clip_empty" (and with states "byt5_empty") to every row."""
+
+  def __init__(self, buckets, empty: dict):
+    self.buckets = tuple(buckets)
+    self.empty = {k: np.asarray(v, np.float32) for k, v in empty.items()}
+
+  def __call__(self, rows) -> dict[str, np.ndarray]:
+    key = "byt5_ids" if "byt5_ids" in rows[0] else "byt5"
+    lengths = np.array([len(r[key]) for r in rows])
+    length = bucket_length(int(lengths.max()), self.buckets)
+    out = {k: np.stack([r[k] for r in rows]) for k in ("tokens", "clip", "clip_image")}
+    padded = np.zeros((len(rows), length, *rows[0][key].shape[1:]),
+                      np.int32 if key == "byt5_ids" else np.float32)
+    for i, r in enumerate(rows):
+      padded[i, :len(r[key])] = r[key]
+    out[key], out["byt5_mask"] = padded, np.arange(length)[None] < lengths[:, None]
+    out["clip_empty"] = np.broadcast_to(self.empty["clip"], out["clip"].shape).copy()
+    if key == "byt5":
+      out["byt5_empty"] = np.broadcast_to(self.empty["byt5"], (len(rows), *self.empty["byt5"].shape)
+                                          ).copy()
+    return out
+
+
+class V3RecordBatcher(_GrainBatcher):
+  """Batches of Paella v3 records (`paella-prepare --family v3`): {"tokens" (b, h, w) int32,
+  "clip", "clip_image", "clip_empty" (b, c_clip) float32, "byt5_ids" (b, L) int32 or "byt5"
+  (b, L, byt5_dim) float32 with "byt5_empty" (b, 1, byt5_dim), "byt5_mask" (b, L) bool}.
+  L is the smallest of `buckets` that holds the batch's longest caption, so a jit-compiled
+  step sees at most len(buckets) shapes; padding is masked."""
+
+  def __init__(self, directory: str, batch_size: int, buckets=BYT5_BUCKETS, seed: int = 0,
+               state: dict | None = None, rows: slice | None = None, workers: int = 0,
+               prefetch: int = 2, read_threads: int = 16):
+    self.manifest = m = read_manifest(directory)
+    if m["format"] != FORMAT_V3:
+      raise ValueError(f"{directory} holds {m['format']} records, not Paella v3's: prepare it "
+                       "with --family v3")
+    bucket_length(m["byt5_max_length"], buckets)  # every record fits the longest bucket
+    source = pg.ArrayRecordDataSource(record_paths(directory, m))
+    super().__init__(source, [_ParseRecord(record_format(m))], batch_size, seed, state, rows,
+                     workers, prefetch, read_threads, _BucketBatch(buckets, m["empty"]))
+
+  def check(self, latent_shape, num_labels: int, clip_embd: int, byt5: str,
+            byt5_embd: int) -> None:
+    """Raises ValueError when the records do not fit a v3 model or the config's ByT5 input
+    ("ids" or "states", config.data.byt5)."""
     m, where = self.manifest, "prepared dataset"
-    if tuple(m["latent_shape"]) != tuple(latent_shape):
-      raise ValueError(f"{where}: latents {tuple(m['latent_shape'])}, the model expects "
-                       f"{tuple(latent_shape)}")
-    if m["num_labels"] > num_labels:
-      raise ValueError(f"{where}: VQGAN with {m['num_labels']} codes, the model has {num_labels}")
-    if m["c_clip"] != c_clip:
-      raise ValueError(f"{where}: CLIP embeddings of {m['c_clip']}, the model expects {c_clip}")
+    if m["byt5"] != byt5:
+      raise ValueError(f"{where}: ByT5 {m['byt5']}, the config reads {byt5} (config.data.byt5)")
+    if byt5 == "states" and m["byt5_dim"] != byt5_embd:
+      raise ValueError(f"{where}: ByT5 states of {m['byt5_dim']}, the model expects {byt5_embd}")
+    _check_manifest(m, latent_shape, num_labels, clip_embd)
 
 
 class _RawExamples(pg.RandomAccessDataSource):

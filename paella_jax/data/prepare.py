@@ -2,6 +2,11 @@
 
     python -m paella_jax.data.prepare --source "laion/{00000..00999}.tar" --out data/laion \
         --vqgan ckpt/vqgan --clip ckpt/clip_g14 [--size 256 --crop random --batch-size 512]
+    python -m paella_jax.data.prepare --family v3 --source ... --out data/laion_v3 \
+        --vqgan ckpt/vqgan_f4 --clip ckpt/clip_vit_h14 [--byt5 states --byt5-checkpoint DIR]
+
+--family v3 writes Paella v3's records (`V3Preparer`): CLIP text and image embeddings and the
+caption's ByT5 byte ids (or, with --byt5 states, the ByT5 encoder's hidden states).
 
 Each input shard becomes one output shard DIR/NAME.array_record plus its summary DIR/NAME.json.
 Images are decoded, resized (shorter side to --size) and cropped (random with a per-example
@@ -31,9 +36,11 @@ import time
 
 import numpy as np
 
+from paella_jax.byt5_tokenizer import EOS_ID, ByT5Tokenizer
 from paella_jax.data.decode import BadInput, decode_example, example_rng
-from paella_jax.data.records import (FORMAT, MANIFEST, RecordFormat, merge_summaries,
-                                     remove_stale_temporaries, write_json, write_shard)
+from paella_jax.data.records import (FORMAT, FORMAT_V3, MANIFEST, RecordFormat, V3RecordFormat,
+                                     merge_summaries, remove_stale_temporaries, write_json,
+                                     write_shard)
 from paella_jax.data.sources import Shard, Source, open_source
 
 log = logging.getLogger("paella_jax.data")
@@ -51,6 +58,8 @@ class Preparer:
   "text" stores CLIP text embeddings of the captions, "image" CLIP image embeddings of the crops
   (for a model conditioned on image embeddings: variations; the encoder needs its vision tower).
   """
+
+  format_name = FORMAT
 
   def __init__(self, codec, encoder, size: int = 256, crop: str = "random",
                min_size: int | None = None, seed: int = 0, batch_size: int = 256,
@@ -108,11 +117,7 @@ class Preparer:
           good.append(rest)
       if good:
         images = np.stack([image for image, _ in good]).astype(np.float32) / 255.0
-        captions = [caption for _, caption in good]
-        tokens = self.codec.encode(images)
-        clip = (self.encoder.encode_text(captions) if self.condition == "text" else
-                self.encoder.encode_images(self._clip_pixels(images)))
-        records.extend(self.format.encode(t, e, s) for t, e, s in zip(tokens, clip, captions))
+        records.extend(self.encode_batch(images, [caption for _, caption in good]))
       if progress is not None:
         progress.update(len(loaded))
     summary = {"shard": shard.name, "file": f"{shard.name}.array_record", "records": len(records),
@@ -120,6 +125,13 @@ class Preparer:
                "read": {"sha256": hashlib.sha256(json.dumps(entries).encode()).hexdigest(),
                         "probes": {str(i): entries[i] for i in probe_positions(n)}}}
     return records, summary
+
+  def encode_batch(self, images: np.ndarray, captions: list[str]) -> list[bytes]:
+    """Crops (N, size, size, 3) in [0, 1] and their captions -> N records."""
+    tokens = self.codec.encode(images)
+    clip = (self.encoder.encode_text(captions) if self.condition == "text" else
+            self.encoder.encode_images(self._clip_pixels(images)))
+    return [self.format.encode(t, e, s) for t, e, s in zip(tokens, clip, captions)]
 
   def _clip_pixels(self, images: np.ndarray) -> np.ndarray:
     """Crops (N, size, size, 3) in [0, 1] -> CLIP's normalised input for image embeddings."""
@@ -203,10 +215,67 @@ class Preparer:
     for p in paths:
       with open(p) as f:
         summaries.append(json.load(f))
-    manifest = {"format": FORMAT, **merge_summaries(summaries),
+    manifest = {"format": self.format_name, **merge_summaries(summaries),
                 **self.settings(source, info), **info, "shards": summaries}
     write_json(os.path.join(out_dir, MANIFEST), manifest)
     return manifest
+
+
+class V3Preparer(Preparer):
+  """Paella v3's records (`V3RecordFormat`): VQ tokens, the CLIP text and image embeddings
+  (the encoder needs its vision tower; images go through `preprocess_v3`) and the caption's
+  ByT5 input. byt5 = "ids" (the default) stores its byte ids, truncated to `byt5_max_length`
+  with </s>; the train step runs the frozen encoder on them. byt5 = "states" stores the hidden
+  states of `byt5_encoder` (a `ByT5Encoder`) in bfloat16 instead. The manifest's "empty" holds
+  what conditioning dropout swaps in: the CLIP text embedding of "" ("clip"), and with "states"
+  the ByT5 states of "" ("byt5", (1, byt5_dim))."""
+
+  format_name = FORMAT_V3
+
+  def __init__(self, codec, encoder, byt5: str = "ids", byt5_encoder=None,
+               byt5_max_length: int = 768, **kwargs):
+    super().__init__(codec, encoder, condition="text", **kwargs)
+    if encoder.model.config.vision is None:
+      raise ValueError("Paella v3 records need a CLIP checkpoint with its vision tower")
+    if byt5 == "states" and byt5_encoder is None:
+      raise ValueError("byt5='states' needs a ByT5 encoder (--byt5-checkpoint)")
+    self.tokenizer = ByT5Tokenizer(byt5_max_length)
+    self.byt5_encoder = byt5_encoder if byt5 == "states" else None
+    dim = byt5_encoder.model.config.d_model if self.byt5_encoder else 0
+    v1 = self.format
+    self.format = V3RecordFormat(v1.latent_shape, v1.c_clip, v1.token_dtype, byt5, dim)
+
+  def byt5_inputs(self, captions: list[str]) -> list[np.ndarray]:
+    """Each caption's ByT5 input: (n,) ids, or (n, byt5_dim) states at its n tokens."""
+    padded = self.tokenizer(captions)
+    ends = padded.shape[1] - np.argmax(padded[:, ::-1] == EOS_ID, axis=1)  # after the last </s>
+    ids = [row[:end] for row, end in zip(padded, ends)]
+    if self.byt5_encoder is None:
+      return ids
+    states, _ = self.byt5_encoder.encode(captions)
+    return [s[:len(i)] for s, i in zip(states, ids)]
+
+  def encode_batch(self, images: np.ndarray, captions: list[str]) -> list[bytes]:
+    from paella_jax.encoders.clip import preprocess_v3
+    tokens = self.codec.encode(images)
+    clip = self.encoder.encode_text(captions)
+    size = self.encoder.model.config.vision.image_size
+    clip_image = self.encoder.encode_images(np.asarray(preprocess_v3(images, size)))
+    return [self.format.encode(*row) for row in
+            zip(tokens, clip, clip_image, self.byt5_inputs(captions), captions)]
+
+  def settings(self, source: Source, info: dict) -> dict:
+    return {**super().settings(source, info), "byt5": self.format.byt5,
+            "byt5_max_length": self.tokenizer.max_length, "byt5_dim": self.format.byt5_dim,
+            **{k: info[k] for k in ("byt5_encoder",) if k in info}}
+
+  def finish(self, source: Source, out_dir: str, info: dict) -> dict | None:
+    empty = {"clip": self.encoder.encode_text([""])[0].tolist()}
+    if self.byt5_encoder is not None:
+      import ml_dtypes
+      states = self.byt5_inputs([""])[0]  # stored rounded to bfloat16, as the records' states
+      empty["byt5"] = states.astype(ml_dtypes.bfloat16).astype(np.float32).tolist()
+    return super().finish(source, out_dir, {**info, "empty": empty})
 
 
 def read_entry(example) -> list:
@@ -279,6 +348,16 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--condition", choices=("text", "image"), default="text",
                  help="store CLIP text embeddings of the captions (default) or CLIP image "
                       "embeddings of the images (to train/fine-tune for variations)")
+  p.add_argument("--family", choices=("v1", "v3"), default="v1",
+                 help="v3: Paella v3 records (tokens, CLIP text and image embeddings, ByT5 input;"
+                      " the CLIP needs its vision tower)")
+  p.add_argument("--byt5", choices=("ids", "states"), default="ids",
+                 help="v3: store the captions' ByT5 byte ids (default; the train step encodes "
+                      "them) or the ByT5 encoder's hidden states (bfloat16, see docs/data.md)")
+  p.add_argument("--byt5-checkpoint", default=None,
+                 help="v3 with --byt5 states: paella-jax T5 encoder checkpoint directory")
+  p.add_argument("--byt5-max-length", type=int, default=768,
+                 help="v3: ByT5 tokens kept per caption, </s> included")
   p.add_argument("--bfloat16", action="store_true", help="encode images in bfloat16")
   p.add_argument("--distributed", action="store_true",
                  help="multi-host: call jax.distributed.initialize() and split the shards")
@@ -298,16 +377,35 @@ def main(argv=None) -> None:
     jax.distributed.initialize()
   source = open_source(args.source, args.shard_size, args.split, args.data_dir, args.image_key,
                        args.caption_key, args.path_column)
+  v3 = args.family == "v3"
   vq, vq_params = load_vqgan(args.vqgan)
-  clip_model, clip_params, tokenizer = load_clip(args.clip, text_only=args.condition == "text")
+  clip_model, clip_params, tokenizer = load_clip(
+      args.clip, text_only=args.condition == "text" and not v3)
   codec = VQGANCodec(vq, vq_params, args.batch_size, jnp.bfloat16 if args.bfloat16 else None)
   encoder = ClipEncoder(clip_model, clip_params, tokenizer, args.batch_size)
-  preparer = Preparer(codec, encoder, args.size, args.crop, args.min_size, args.seed,
-                      args.batch_size, args.threads, args.condition)
+  common = dict(size=args.size, crop=args.crop, min_size=args.min_size, seed=args.seed,
+                batch_size=args.batch_size, threads=args.threads)
   info = {"vqgan": {"checkpoint": os.path.abspath(args.vqgan), "config": vqgan_config(vq)},
           "clip": {"checkpoint": os.path.abspath(args.clip),
                    "config": clip_model.config.to_dict()},
           "config": vars(args)}
+  if v3:
+    byt5_encoder = None
+    if args.byt5 == "states":
+      if not args.byt5_checkpoint:
+        raise ValueError("--byt5 states needs --byt5-checkpoint")
+      from paella_jax.byt5_tokenizer import ByT5Tokenizer
+      from paella_jax.encoders.byt5 import ByT5Encoder, load_t5_encoder
+      t5, t5_params, _ = load_t5_encoder(args.byt5_checkpoint, dtype=jnp.bfloat16,
+                                         param_dtype=jnp.bfloat16)
+      byt5_encoder = ByT5Encoder(t5, t5_params, ByT5Tokenizer(args.byt5_max_length),
+                                 args.batch_size)
+      info["byt5_encoder"] = {"checkpoint": os.path.abspath(args.byt5_checkpoint),
+                              "config": t5.config.to_dict()}
+    preparer = V3Preparer(codec, encoder, args.byt5, byt5_encoder, args.byt5_max_length,
+                          **common)
+  else:
+    preparer = Preparer(codec, encoder, condition=args.condition, **common)
   manifest = preparer.run(source, args.out, jax.process_index(), jax.process_count(),
                           not args.no_progress, info)
   if manifest is None:

@@ -11,6 +11,8 @@ the manifest that describes them.
 
 A record is the raw little-endian bytes of tokens (h*w, `token_dtype`), then the embedding
 (c_clip, float32), then the caption in UTF-8: fixed offsets, parsed without copies.
+Paella v3's records (format FORMAT_V3, `V3RecordFormat`) add the CLIP image embedding and the
+caption's ByT5 input: its byte ids, or the ByT5 encoder's hidden states.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import socket
 import numpy as np
 
 FORMAT = "paella-jax-records/1"
+FORMAT_V3 = "paella-jax-records-v3/1"
 MANIFEST = "manifest.json"
 WRITER_OPTIONS = "group_size:1"  # one record per chunk: cheap random access for global shuffle
 
@@ -65,6 +68,73 @@ class RecordFormat:
 
   def caption(self, record: bytes) -> str:
     return record[self._split[1]:].decode("utf-8")
+
+
+@dataclasses.dataclass(frozen=True)
+class V3RecordFormat:
+  """Paella v3's record: tokens (h*w, `token_dtype`), CLIP text then image embedding
+  (2 x c_clip float32), n (uint32), the caption's ByT5 input, the caption in UTF-8.
+
+  byt5 = "ids": n ByT5 byte ids (uint16, </s> included, see `byt5_tokenizer`), 2 bytes per
+  caption byte; "states": the encoder's n x byt5_dim last hidden states as bfloat16.
+  """
+  latent_shape: tuple[int, int]
+  c_clip: int
+  token_dtype: str = "int16"
+  byt5: str = "ids"
+  byt5_dim: int = 0  # "states" only
+
+  def __post_init__(self):
+    if self.byt5 not in ("ids", "states"):
+      raise ValueError(f"byt5 must be 'ids' or 'states', got {self.byt5!r}")
+
+  @property
+  def _fixed(self) -> int:
+    """Bytes before the ByT5 input: tokens, two embeddings, n."""
+    tokens = int(np.prod(self.latent_shape)) * np.dtype(self.token_dtype).itemsize
+    return tokens + 8 * self.c_clip + 4
+
+  @property
+  def _row(self) -> int:
+    """Bytes per ByT5 position."""
+    return 2 if self.byt5 == "ids" else 2 * self.byt5_dim
+
+  def encode(self, tokens: np.ndarray, clip: np.ndarray, clip_image: np.ndarray,
+             byt5: np.ndarray, caption: str) -> bytes:
+    """tokens (h, w) int; clip, clip_image (c_clip,) float; byt5 (n,) ids or (n, byt5_dim)
+    states (any float dtype, stored as bfloat16) -> one record."""
+    import ml_dtypes
+    payload = (np.asarray(byt5, "<u2") if self.byt5 == "ids" else
+               np.asarray(byt5, np.float32).astype(ml_dtypes.bfloat16).view("<u2"))
+    return b"".join([np.asarray(tokens, np.dtype(self.token_dtype).newbyteorder("<")).tobytes(),
+                     np.asarray(clip, "<f4").tobytes(), np.asarray(clip_image, "<f4").tobytes(),
+                     np.uint32(len(payload)).astype("<u4").tobytes(), payload.tobytes(),
+                     caption.encode("utf-8")])
+
+  def decode(self, record: bytes) -> dict[str, np.ndarray]:
+    """One record -> {"tokens": (h, w) int32, "clip", "clip_image": (c_clip,) float32, and
+    "byt5_ids": (n,) int32 or "byt5": (n, byt5_dim) bfloat16} (caption dropped)."""
+    import ml_dtypes
+    if len(record) < self._fixed:
+      raise ValueError(f"record of {len(record)} bytes is shorter than the {self._fixed} bytes "
+                       f"of tokens {self.latent_shape} and two embeddings ({self.c_clip},)")
+    dtype = np.dtype(self.token_dtype).newbyteorder("<")
+    hw, start = int(np.prod(self.latent_shape)), self._fixed - 8 * self.c_clip - 4
+    n = int(np.frombuffer(record, "<u4", 1, offset=self._fixed - 4)[0])
+    payload = np.frombuffer(record, "<u2", n * self._row // 2, offset=self._fixed)
+    out = {"tokens": np.frombuffer(record, dtype, hw).reshape(self.latent_shape).astype(np.int32),
+           "clip": np.frombuffer(record, "<f4", self.c_clip, offset=start).astype(np.float32),
+           "clip_image": np.frombuffer(record, "<f4", self.c_clip,
+                                       offset=start + 4 * self.c_clip).astype(np.float32)}
+    if self.byt5 == "ids":
+      out["byt5_ids"] = payload.astype(np.int32)
+    else:
+      out["byt5"] = payload.view(ml_dtypes.bfloat16).reshape(n, self.byt5_dim)
+    return out
+
+  def caption(self, record: bytes) -> str:
+    n = int(np.frombuffer(record, "<u4", 1, offset=self._fixed - 4)[0])
+    return record[self._fixed + n * self._row:].decode("utf-8")
 
 
 def write_shard(path: str, records: list[bytes]) -> None:
@@ -137,12 +207,17 @@ def read_manifest(directory: str) -> dict:
                             "finished every shard (run it again to complete it)")
   with open(path) as f:
     manifest = json.load(f)
-  if manifest.get("format") != FORMAT:
-    raise ValueError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+  if manifest.get("format") not in (FORMAT, FORMAT_V3):
+    raise ValueError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r} or "
+                     f"{FORMAT_V3!r}")
   return manifest
 
 
-def record_format(manifest: dict) -> RecordFormat:
+def record_format(manifest: dict) -> RecordFormat | V3RecordFormat:
+  """The format of a manifest's records: v1's or, for FORMAT_V3, Paella v3's."""
+  if manifest["format"] == FORMAT_V3:
+    return V3RecordFormat(tuple(manifest["latent_shape"]), manifest["c_clip"],
+                          manifest["token_dtype"], manifest["byt5"], manifest.get("byt5_dim", 0))
   return RecordFormat(tuple(manifest["latent_shape"]), manifest["c_clip"],
                       manifest["token_dtype"])
 

@@ -18,6 +18,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from paella_jax.checkpoint import load_model, save_model
 from paella_jax.data.arrays import (ArrayBatcher, check_token_arrays, load_token_arrays,
@@ -28,7 +29,7 @@ from paella_jax.models.paella import count_params
 from paella_jax.models.paella_v3 import PaellaV3, build_model as build_v3
 from paella_jax.sharding import global_batch, process_rows
 from paella_jax.training.checkpointing import checkpoint_manager, restore_checkpoint
-from paella_jax.training.partition import Trainer
+from paella_jax.training.partition import Trainer, v3_text_input
 from paella_jax.training.step import TrainState
 
 KINDS = ("paella_v1", "paella_v3")
@@ -65,16 +66,35 @@ def make_batcher(config, state: dict | None = None, rows: slice | None = None):
 
 
 def _v3_batcher(config, state, rows):
-  """Paella v3: "random" or "arrays" (an .npz, see `paella_jax.data.arrays.v3_arrays`)."""
-  if config.data.source not in ("random", "arrays"):
-    raise ValueError(f"Paella v3 trains from data.source 'random' or 'arrays', got "
-                     f"{config.data.source!r}")
-  path = config.data.path if config.data.source == "arrays" else None
-  arrays = v3_arrays(path, max(config.train.batch_size * 4, 64), tuple(config.latent_shape),
-                     build_v3(config.model), config.byt5_length, config.train.seed)
+  """Paella v3: "records" (`paella-prepare --family v3`), "random" or "arrays" (an .npz, see
+  `paella_jax.data.arrays.v3_arrays`), with ByT5 byte ids or states as config.data.byt5 says."""
+  d, t, model = config.data, config.train, build_v3(config.model)
+  byt5 = v3_text_input(config)
+  if d.source == "records":
+    from paella_jax.data.loader import V3RecordBatcher
+    batcher = V3RecordBatcher(d.path, t.batch_size, d.byt5_buckets, t.seed, state, rows,
+                              d.get("workers", 0), d.get("prefetch", 2))
+    batcher.check(config.latent_shape, model.num_labels, model.clip_embd, byt5, model.byt5_embd)
+    return batcher
+  if d.source not in ("random", "arrays"):
+    raise ValueError(f"Paella v3 trains from data.source 'records', 'random' or 'arrays', got "
+                     f"{d.source!r}")
+  path = d.path if d.source == "arrays" else None
+  arrays = v3_arrays(path, max(t.batch_size * 4, 64), tuple(config.latent_shape), model,
+                     max(d.byt5_buckets), t.seed, byt5)
   tokens, clip = arrays.pop("tokens"), arrays.pop("clip")
-  return ArrayBatcher(tokens, clip, config.train.batch_size, config.train.seed, state, rows,
-                      extra=arrays)
+  return ArrayBatcher(tokens, clip, t.batch_size, t.seed, state, rows, extra=arrays)
+
+
+def bucketed(batch: dict, buckets) -> dict:
+  """A v3 batch with its ByT5 inputs fitted to the smallest bucket that holds every process's
+  longest caption (so every process gives the same shape, and jit sees len(buckets) at most)."""
+  from paella_jax.data.loader import bucket_length, byt5_extent, fit_byt5
+  length = bucket_length(byt5_extent(batch), buckets)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    length = int(np.max(multihost_utils.process_allgather(np.int32(length))))
+  return fit_byt5(batch, length)
 
 
 def save_checkpoint(manager, state: TrainState, data_state: dict, force: bool = False) -> None:
@@ -115,8 +135,8 @@ def train(config, workdir: str, progress: bool = True) -> TrainState:
     state = load_initial_params(state, config.train.init_from, trainer.model)
   total, batch_size = config.train.total_steps, config.train.batch_size
   batches = make_batcher(config, data_state, process_rows(trainer.batch_sharding, batch_size))
-  step_fn = trainer.compile()
-  flops = step_fn.cost_analysis().get("flops", 0.0)  # per device, one step
+  buckets = config.data.byt5_buckets if v3_text_input(config) else None
+  compiled = {}  # batch shapes -> (compiled step, its FLOPs per device); v3: one per ByT5 bucket
   peak = config.train.peak_flops_per_device or (chip_info(jax.devices()[0].device_kind)
                                                 or (0.0,))[0]
   writer = MetricWriter(workdir)
@@ -127,8 +147,17 @@ def train(config, workdir: str, progress: bool = True) -> TrainState:
   bar = _progress(start, total, progress and writer.enabled)
   last_time, last_step = time.perf_counter(), start
   for step in range(start, total):
-    batch = global_batch(next(batches), trainer.batch_sharding, batch_size)
-    state, metrics = step_fn(state, batch)
+    local = next(batches)
+    batch = global_batch(local if buckets is None else bucketed(local, buckets),
+                         trainer.batch_sharding, batch_size)
+    shapes = tuple(sorted((k, v.shape) for k, v in batch.items()))
+    if shapes not in compiled:  # compile time stays out of the throughput
+      began = time.perf_counter()
+      step_fn = trainer.step.lower(state, batch, *trainer.text_args).compile()
+      compiled[shapes] = step_fn, step_fn.cost_analysis().get("flops", 0.0)
+      last_time += time.perf_counter() - began
+    step_fn, flops = compiled[shapes]
+    state, metrics = step_fn(state, batch, *trainer.text_args)
     done = step + 1
     if done % config.train.log_every == 0 or done == total:
       scalars = jax.device_get(metrics)

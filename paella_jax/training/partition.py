@@ -10,11 +10,18 @@ ahead of time (`paella_jax.aot`). Shardings follow the config: `config.mesh` and
 traced with those rules in context, so the model's activation constraints keep every
 activation split over the batch (and its MLP hidden units over "tensor" where the rules say so):
 with FSDP, XLA then gathers each layer's weights instead of resharding the activations.
+
+Paella v3 trained on ByT5 byte ids (config.data.byt5 = "ids") runs the frozen ByT5 encoder of
+`config.byt5` inside the step: `text_params()` loads its weights (config.byt5.checkpoint, or
+random ones for tests: config.byt5.random_weights) sharded by its own logical rules
+(config.byt5.sharding.rules, FSDP by default) on the same mesh, and the step takes them as a
+third argument: `trainer.step(state, batch, *trainer.text_args)`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -41,6 +48,8 @@ class Trainer:
   batch_sharding: NamedSharding
   step: Callable[..., Any]
   _init: Callable[..., Any]
+  text_encoder: Any = None      # v3 on byte ids: the frozen T5Encoder run inside the step
+  text_shardings: Any = None    # its parameters' NamedShardings
 
   @classmethod
   def create(cls, config, devices: Sequence[Any] | None = None) -> "Trainer":
@@ -54,11 +63,42 @@ class Trainer:
     boxed = jax.eval_shape(lambda: init(jax.random.key(0), unbox=False))
     state_shardings = logical_shardings(nn.get_partition_spec(boxed), mesh, rules)
     data = batch_sharding(mesh, rules)
-    step = jax.jit(with_logical_rules(make_train_step(model, optimizer, config.train), mesh, rules),
-                   in_shardings=(state_shardings, data),  # every array of a batch: rows split
+    text, text_shardings = (_text_encoder(config, model, mesh) if v3_text_input(config) == "ids"
+                            else (None, None))
+    train_step = make_train_step(model, optimizer, config.train, text)
+    in_shardings = (state_shardings, data) + ((text_shardings,) if text else ())
+    step = jax.jit(functools.wraps(train_step)(with_logical_rules(train_step, mesh, rules)),
+                   in_shardings=in_shardings,  # every array of a batch: rows split
                    out_shardings=(state_shardings, None), donate_argnums=0)
     return cls(config, model, optimizer, mesh, state_shardings, data, step,
-               jax.jit(init, out_shardings=state_shardings))
+               jax.jit(init, out_shardings=state_shardings), text, text_shardings)
+
+  @functools.cached_property
+  def text_args(self) -> tuple:
+    """The step's arguments after (state, batch): (ByT5 params,) on byte ids, else ()."""
+    if self.text_encoder is None:
+      return ()
+    from paella_jax.encoders.byt5 import load_t5_encoder, random_t5_encoder
+    c = self.config.byt5
+    dtype, param_dtype = jnp.dtype(c.get("dtype", "float32")), jnp.dtype(c.get("param_dtype",
+                                                                               "float32"))
+    if c.get("random_weights"):
+      _, params, _ = random_t5_encoder(c.model, c.get("seed", 0), dtype, param_dtype)
+    else:
+      module, params, _ = load_t5_encoder(c.checkpoint, dtype=dtype, param_dtype=param_dtype)
+      if module.config != self.text_encoder.config:
+        raise ValueError(f"{c.checkpoint} holds {module.config}, config.byt5.model is "
+                         f"{self.text_encoder.config}")
+    return (jax.device_put(params, self.text_shardings),)
+
+  def abstract_text_args(self) -> tuple:
+    """`text_args` as ShapeDtypeStructs with their shardings (for AOT)."""
+    if self.text_encoder is None:
+      return ()
+    from paella_jax.models.t5 import init_params
+    shapes = jax.eval_shape(lambda: init_params(self.text_encoder, jax.random.key(0)))
+    return (jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                         shapes, self.text_shardings),)
 
   def init(self, rng: jax.Array | None = None) -> TrainState:
     """A fresh state, created directly in its shards (no full copy on any one host)."""
@@ -70,8 +110,10 @@ class Trainer:
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                         shapes, self.state_shardings)
 
-  def abstract_batch(self, batch_size: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
-    """The global batch as ShapeDtypeStructs with the batch sharding."""
+  def abstract_batch(self, batch_size: int | None = None, byt5_length: int | None = None
+                     ) -> dict[str, jax.ShapeDtypeStruct]:
+    """The global batch as ShapeDtypeStructs with the batch sharding (v3: ByT5 inputs of
+    `byt5_length` tokens, by default the longest bucket)."""
     b = batch_size or self.config.train.batch_size
     spec = self.batch_sharding.spec[0]
     axes = spec if isinstance(spec, tuple) else (spec,) if spec else ()
@@ -83,16 +125,49 @@ class Trainer:
           "change the batch, config.mesh.shape or the rule for 'batch' in config.sharding.rules")
     shapes = {"tokens": ((*self.config.latent_shape,), jnp.int32)}
     if isinstance(self.model, paella_v3.PaellaV3):
-      length, width, clip = self.config.byt5_length, self.model.byt5_embd, self.model.clip_embd
-      shapes.update(byt5=((length, width), jnp.float32), byt5_mask=((length,), jnp.bool_),
-                    byt5_empty=((1, width), jnp.float32), clip=((clip,), jnp.float32),
+      length = byt5_length or max(self.config.data.byt5_buckets)
+      width, clip = self.model.byt5_embd, self.model.clip_embd
+      shapes.update(byt5_mask=((length,), jnp.bool_), clip=((clip,), jnp.float32),
                     clip_empty=((clip,), jnp.float32), clip_image=((clip,), jnp.float32))
+      if self.text_encoder is not None:
+        shapes.update(byt5_ids=((length,), jnp.int32))
+      else:
+        shapes.update(byt5=((length, width), jnp.float32), byt5_empty=((1, width), jnp.float32))
     else:
       shapes.update(clip=((self.model.c_clip,), jnp.float32))
     return {name: jax.ShapeDtypeStruct((b, *shape), dtype, sharding=self.batch_sharding)
             for name, (shape, dtype) in shapes.items()}
 
-  def compile(self, batch_size: int | None = None):
+  def compile(self, batch_size: int | None = None, byt5_length: int | None = None):
     """The step lowered and compiled for abstract arguments: call it like `step`, and read
     its `cost_analysis()` and `memory_analysis()`."""
-    return self.step.lower(self.abstract_state(), self.abstract_batch(batch_size)).compile()
+    return self.step.lower(self.abstract_state(), self.abstract_batch(batch_size, byt5_length),
+                           *self.abstract_text_args()).compile()
+
+
+def v3_text_input(config) -> str | None:
+  """What a config's data gives a v3 step for the caption: "ids" (ByT5 byte ids, encoded in the
+  step) or "states" (hidden states); None for v1. config.data.byt5, "states" when absent."""
+  if config.get("kind", "paella_v1") != "paella_v3":
+    return None
+  byt5 = config.data.get("byt5", "states")
+  if byt5 not in ("ids", "states"):
+    raise ValueError(f"config.data.byt5 must be 'ids' or 'states', got {byt5!r}")
+  return byt5
+
+
+def _text_encoder(config, model: paella_v3.PaellaV3, mesh: Mesh):
+  """The frozen ByT5 encoder of config.byt5 and its parameters' shardings on `mesh`."""
+  from paella_jax.encoders.byt5 import DEFAULT_RULES, param_shardings
+  from paella_jax.models.t5 import T5Config, T5Encoder
+  c = config.get("byt5")
+  if c is None:
+    raise ValueError("config.data.byt5 = 'ids' needs config.byt5: the ByT5 encoder (e.g. "
+                     "configs/byt5_xl.py) that encodes the byte ids in the train step")
+  t5 = T5Encoder(T5Config.from_dict(c.model.to_dict()), dtype=jnp.dtype(c.get("dtype", "float32")),
+                 param_dtype=jnp.dtype(c.get("param_dtype", "float32")))
+  if t5.config.d_model != model.byt5_embd:
+    raise ValueError(f"config.byt5 has d_model {t5.config.d_model}, the model's byt5_embd is "
+                     f"{model.byt5_embd}")
+  rules = c.sharding.rules if "sharding" in c else DEFAULT_RULES
+  return t5, param_shardings(t5, mesh, rules)

@@ -7,7 +7,9 @@ donation, see `partition.py`). The model's family picks the loss:
     cosine noise, mean smoothed CE.
   v3 (`PaellaV3`): batch {"tokens", "byt5" (B, L, byt5_embd), "byt5_mask" (B, L) bool,
     "byt5_empty" (B, L0, byt5_embd) (the empty caption's states, L0 <= L), optionally "clip" with
-    "clip_empty" (B, clip_embd) and "clip_image" (B, clip_embd)}; linear noise at
+    "clip_empty" (B, clip_embd) and "clip_image" (B, clip_embd)}; or, instead of "byt5" and
+    "byt5_empty", "byt5_ids" (B, L) int: ByT5 byte ids that the frozen `text_encoder` given to
+    `make_train_step` encodes inside the step (no gradient into it); linear noise at
     r = clamp(1 - U + 0.001, 0.001, 1), smoothed CE weighted per token and normalised per image,
     conditioning dropout drawn once per batch (see `v3_loss_and_metrics`).
 Mixed precision comes from the model (dtype "bfloat16" computes in bf16 with float32 master
@@ -24,6 +26,7 @@ import jax.numpy as jnp
 import optax
 from flax import linen as nn
 
+from paella_jax.byt5_tokenizer import EOS_ID
 from paella_jax.models import paella, paella_v3
 from paella_jax.noise import add_noise, replace_tokens, sample_v3_noise_level
 
@@ -95,10 +98,12 @@ def drop_conditioning(rng: jax.Array, clip: jax.Array, prob: float, mode: str) -
 
 
 def loss_and_metrics(params, model: nn.Module, batch: Mapping[str, jax.Array], rng: jax.Array,
-                     cfg: Mapping[str, Any]) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """The loss and metrics of the model's family (see the module docstring)."""
+                     cfg: Mapping[str, Any], encode=None
+                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The loss and metrics of the model's family (see the module docstring); `encode` (v3):
+  (ids (B, L), mask (B, L)) -> ByT5 states (B, L, byt5_embd), for batches of "byt5_ids"."""
   if isinstance(model, paella_v3.PaellaV3):
-    return v3_loss_and_metrics(params, model, batch, rng, cfg)
+    return v3_loss_and_metrics(params, model, batch, rng, cfg, encode)
   return v1_loss_and_metrics(params, model, batch, rng, cfg)
 
 
@@ -124,20 +129,34 @@ def v3_loss_weight(replaced: jax.Array, r: jax.Array, min_weight: float) -> jax.
 
 
 def v3_drop_conditioning(rng: jax.Array, batch: Mapping[str, jax.Array],
-                         cfg: Mapping[str, Any]) -> tuple[dict[str, jax.Array], jax.Array]:
-  """v3's conditioning dropout, drawn once for the whole batch as the original: the captions'
-  ByT5 states become the empty caption's with cfg["byt5_drop_prob"]; CLIP text is kept with
+                         cfg: Mapping[str, Any], encode=None
+                         ) -> tuple[dict[str, jax.Array], jax.Array]:
+  """v3's conditioning dropout, drawn once for the whole batch as the original: the captions
+  become the empty caption with cfg["byt5_drop_prob"] (byte ids: "" is </s> alone, then
+  `encode`d with the mask, no gradient; states: "byt5_empty"); CLIP text is kept with
   cfg["clip_keep_prob"] (else the empty caption's embedding). Returns (model inputs byt5,
   byt5_mask and clip, keep the CLIP image: a () bool kept with cfg["clip_image_keep_prob"])."""
   byt5_rng, clip_rng, image_rng = jax.random.split(rng, 3)
-  byt5, mask, empty = batch["byt5"], batch["byt5_mask"].astype(bool), batch["byt5_empty"]
-  length, empty_length = byt5.shape[1], empty.shape[1]
-  if empty_length > length:
-    raise ValueError(f"byt5_empty has {empty_length} tokens, more than the captions' {length}")
   drop = jax.random.uniform(byt5_rng, ()) < cfg["byt5_drop_prob"]
-  inputs = dict(
-      byt5=jnp.where(drop, jnp.pad(empty, ((0, 0), (0, length - empty_length), (0, 0))), byt5),
-      byt5_mask=jnp.where(drop, jnp.arange(length)[None] < empty_length, mask))
+  mask = batch["byt5_mask"].astype(bool)
+  length = mask.shape[1]
+  if "byt5_ids" in batch:
+    if encode is None:
+      raise ValueError("a batch of ByT5 byte ids needs the text encoder (make_train_step's "
+                       "text_encoder)")
+    ids = batch["byt5_ids"]
+    empty_ids = jnp.zeros_like(ids).at[:, 0].set(EOS_ID)
+    mask = jnp.where(drop, jnp.arange(length)[None] < 1, mask)
+    byt5 = jax.lax.stop_gradient(encode(jnp.where(drop, empty_ids, ids), mask))
+    inputs = dict(byt5=byt5, byt5_mask=mask)
+  else:
+    byt5, empty = batch["byt5"].astype(jnp.float32), batch["byt5_empty"]
+    empty_length = empty.shape[1]
+    if empty_length > length:
+      raise ValueError(f"byt5_empty has {empty_length} tokens, more than the captions' {length}")
+    inputs = dict(
+        byt5=jnp.where(drop, jnp.pad(empty, ((0, 0), (0, length - empty_length), (0, 0))), byt5),
+        byt5_mask=jnp.where(drop, jnp.arange(length)[None] < empty_length, mask))
   if "clip" in batch:
     keep = jax.random.uniform(clip_rng, ()) < cfg["clip_keep_prob"]
     inputs["clip"] = jnp.where(keep, batch["clip"], batch["clip_empty"])
@@ -145,7 +164,8 @@ def v3_drop_conditioning(rng: jax.Array, batch: Mapping[str, jax.Array],
 
 
 def v3_loss_and_metrics(params, model: nn.Module, batch: Mapping[str, jax.Array], rng: jax.Array,
-                        cfg: Mapping[str, Any]) -> tuple[jax.Array, dict[str, jax.Array]]:
+                        cfg: Mapping[str, Any], encode=None
+                        ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Replaces tokens with probability r, predicts the clean ones: label-smoothed CE weighted by
   `v3_loss_weight`, normalised per image (sum(w * ce) / sum(w)), averaged over the batch. The
   CLIP image embedding, when the batch has one, is kept or left out for the whole batch."""
@@ -154,7 +174,7 @@ def v3_loss_and_metrics(params, model: nn.Module, batch: Mapping[str, jax.Array]
   r = sample_v3_noise_level(r_rng, tokens.shape[0])
   noised, replaced = replace_tokens(noise_rng, tokens, r, model.num_labels)
   weight = v3_loss_weight(replaced, r, cfg["loss_weight_min"])
-  inputs, keep_image = v3_drop_conditioning(drop_rng, batch, cfg)
+  inputs, keep_image = v3_drop_conditioning(drop_rng, batch, cfg, encode)
 
   def scored(clip_image):
     logits = model.apply({"params": params}, noised, r, clip_image=clip_image, **inputs)
@@ -171,8 +191,12 @@ def v3_loss_and_metrics(params, model: nn.Module, batch: Mapping[str, jax.Array]
 
 
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
-                    cfg: Mapping[str, Any]):
-  """Returns train_step(state, batch) -> (new state, metrics dict of scalars).
+                    cfg: Mapping[str, Any], text_encoder: nn.Module | None = None):
+  """Returns train_step(state, batch, text_params=None) -> (new state, metrics dict of scalars).
+
+  text_encoder (v3, batches of "byt5_ids"): the frozen ByT5 encoder (`models.t5.T5Encoder`),
+  run on the (caption-dropped) byte ids with their padding mask; its `text_params` are an
+  argument of the step (sharded by the caller), never trained.
 
   cfg["grad_accum_steps"] = k > 1 splits the batch into k micro-batches of B/k (each keeps
   its rows on the devices that hold them) and averages their gradients in a `lax.scan`;
@@ -184,9 +208,9 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
   ema_decay = float(cfg.get("ema_decay", 0.0))
   grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)
 
-  def gradients(params, batch, rng):
+  def gradients(params, batch, rng, encode):
     if accum == 1:
-      (_, metrics), grads = grad_fn(params, model, batch, rng, cfg)
+      (_, metrics), grads = grad_fn(params, model, batch, rng, cfg, encode)
       return grads, metrics
 
     def split(x):  # (B, ...) -> (k, B/k, ...), micro-batch i = rows i, i + k, ...
@@ -196,7 +220,8 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
 
     def micro(carry, inputs):
       micro_batch, i = inputs
-      (_, metrics), grads = grad_fn(params, model, micro_batch, jax.random.fold_in(rng, i), cfg)
+      (_, metrics), grads = grad_fn(params, model, micro_batch, jax.random.fold_in(rng, i), cfg,
+                                    encode)
       return jax.tree.map(jnp.add, carry, (grads, metrics)), None
 
     zeros = (jax.tree.map(jnp.zeros_like, params),
@@ -204,9 +229,13 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
     total, _ = jax.lax.scan(micro, zeros, (jax.tree.map(split, batch), jnp.arange(accum)))
     return jax.tree.map(lambda x: x / accum, total)
 
-  def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
+  def train_step(state: TrainState, batch: Mapping[str, jax.Array], text_params=None):
     rng = jax.random.fold_in(state.rng, state.step)
-    grads, metrics = gradients(state.params, batch, rng)
+    encode = None
+    if text_encoder is not None:
+      encode = lambda ids, mask: text_encoder.apply({"params": text_params}, ids,
+                                                    attention_mask=mask)
+    grads, metrics = gradients(state.params, batch, rng, encode)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = state.ema_params
