@@ -110,10 +110,41 @@ def logical_rules(rules: Any) -> tuple[tuple[str, Any], ...]:
                for name, axes in rules)
 
 
-def logical_shardings(specs: Any, mesh: Mesh, rules: Any) -> Any:
-  """Maps a tree of logical PartitionSpecs (from `nn.get_partition_spec`) to NamedShardings."""
+def logical_shardings(boxed: Any, mesh: Mesh, rules: Any) -> Any:
+  """NamedShardings of a tree of abstract parameters that carry logical axis names (the
+  `jax.eval_shape` of an init with `nn.Partitioned` leaves), mapped onto `mesh` by `rules`.
+
+  A dimension that its mesh axes do not divide stays whole (replicated over those axes) instead
+  of failing: e.g. the 640-channel level of Paella v3 on fsdp=256, whose 1280- and 2560-wide
+  weights still split 256 ways. Such parameters are logged once, with their count and bytes.
+  """
   from flax import linen as nn
-  return nn.logical_to_mesh_sharding(specs, mesh, logical_rules(rules))
+  shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh,
+                                          logical_rules(rules))
+  whole = []
+
+  def fit(path, sharding, leaf):
+    spec = tuple(sharding.spec) + (None,) * (len(leaf.shape) - len(sharding.spec))
+    fitted = tuple(None if axes is not None and dim % _axes_size(mesh, axes) else axes
+                   for dim, axes in zip(leaf.shape, spec))
+    if fitted == spec:
+      return sharding
+    whole.append((jax.tree_util.keystr(path), leaf.shape, leaf.size * leaf.dtype.itemsize))
+    return NamedSharding(mesh, P(*fitted))
+
+  fitted = jax.tree_util.tree_map_with_path(fit, shardings, nn.meta.unbox(boxed))
+  if whole:
+    import logging
+    logging.getLogger("paella_jax.sharding").warning(
+        "%d arrays (%.1f MiB) are not split over a mesh axis that does not divide them, e.g. "
+        "%s %s on mesh %s", len(whole), sum(w[2] for w in whole) / 2 ** 20, whole[0][0],
+        whole[0][1], dict(mesh.shape))
+  return fitted
+
+
+def _axes_size(mesh: Mesh, axes: Any) -> int:
+  """The number of devices along a mesh axis or a tuple of them."""
+  return int(np.prod([mesh.shape[a] for a in (axes if isinstance(axes, tuple) else (axes,))]))
 
 
 def with_logical_rules(fn: Callable[..., Any], mesh: Mesh, rules: Any) -> Callable[..., Any]:

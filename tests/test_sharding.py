@@ -113,3 +113,22 @@ def test_aot_two_slices_data_parallel_across_fsdp_and_tensor_within():
   assert "8 x TPU v5 lite" in out.stdout and "FITS" in out.stdout
   assert "{'data': 2, 'fsdp': 2, 'tensor': 2}, remat block" in out.stdout
   assert "TPU_WORKER_HOSTNAMES" not in out.stderr and "host bounds" not in out.stderr
+
+
+def test_dimensions_a_mesh_axis_does_not_divide_stay_whole(caplog):
+  """fsdp=8 over abstract TPU devices: a 12-wide dimension stays whole, a 16-wide one splits."""
+  import ml_collections
+  from flax import linen as nn
+  from jax.sharding import PartitionSpec as P
+  from paella_jax.aot import tpu_devices
+  from paella_jax.sharding import logical_shardings
+  mesh = make_mesh(ml_collections.ConfigDict({"shape": (1, -1, 2)}), tpu_devices("v5e:4x4"))
+  leaf = lambda *shape: nn.Partitioned(jax.ShapeDtypeStruct(shape, jnp.float32),
+                                       names=("embed", "mlp"))
+  rules = (("embed", "fsdp"), ("mlp", "tensor"))
+  shardings = logical_shardings({"splits": leaf(16, 6), "whole": leaf(12, 6),
+                                 "odd": leaf(16, 3)}, mesh, rules)
+  assert shardings["splits"].spec == P("fsdp", "tensor")
+  assert shardings["whole"].spec == P(None, "tensor")
+  assert shardings["odd"].spec == P("fsdp", None)
+  assert "2 arrays" in caplog.text

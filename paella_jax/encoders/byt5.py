@@ -27,7 +27,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import linen as nn
 from jax.sharding import Mesh
 
 from paella_jax import checkpoint
@@ -90,7 +89,7 @@ def default_mesh(devices: Sequence[Any] | None = None) -> Mesh:
 def param_shardings(model: T5Encoder, mesh: Mesh, rules: Any = DEFAULT_RULES) -> Any:
   """NamedShardings of the model's parameters under the logical axis `rules`."""
   boxed = jax.eval_shape(lambda: init_params(model, jax.random.key(0), unbox=False))
-  return logical_shardings(nn.get_partition_spec(boxed), mesh, rules)
+  return logical_shardings(boxed, mesh, rules)
 
 
 def sharded_forward(model: T5Encoder, mesh: Mesh, rules: Any = DEFAULT_RULES):

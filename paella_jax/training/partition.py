@@ -28,7 +28,6 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import optax
-from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding
 
 from paella_jax.models import paella, paella_v3
@@ -61,7 +60,7 @@ class Trainer:
     init = lambda rng, unbox=True: init_state(model, optimizer, rng, tuple(config.latent_shape),
                                               ema=config.train.ema_decay > 0, unbox=unbox)
     boxed = jax.eval_shape(lambda: init(jax.random.key(0), unbox=False))
-    state_shardings = logical_shardings(nn.get_partition_spec(boxed), mesh, rules)
+    state_shardings = logical_shardings(boxed, mesh, rules)
     data = batch_sharding(mesh, rules)
     text, text_shardings = (_text_encoder(config, model, mesh) if v3_text_input(config) == "ids"
                             else (None, None))
