@@ -290,7 +290,7 @@ def batcher_from_config(config, state: dict | None = None, rows: slice | None = 
     clip_model, clip_params, tokenizer = load_clip(d.clip, text_only=True)
     local = rows_.stop - rows_.start
     return ImageBatcher(open_source(d.path), VQGANCodec(vq, vq_params, local),
-                        ClipEncoder(clip_model, clip_params, tokenizer, local), t.batch_size,
+                        ClipEncoder(clip_model, clip_params, tokenizer, local, warn_truncated=False), t.batch_size,
                         d.get("image_size", 256), d.get("crop", "random"), None, t.seed, state,
                         rows, workers, prefetch)
   raise ValueError(f"unknown data.source {d.source!r} for the grain loader (records, images)")

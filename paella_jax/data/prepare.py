@@ -247,7 +247,7 @@ class V3Preparer(Preparer):
 
   def byt5_inputs(self, captions: list[str]) -> list[np.ndarray]:
     """Each caption's ByT5 input: (n,) ids, or (n, byt5_dim) states at its n tokens."""
-    padded = self.tokenizer(captions)
+    padded = self.tokenizer(captions, warn_truncated=False)  # captions cut as in training
     ends = padded.shape[1] - np.argmax(padded[:, ::-1] == EOS_ID, axis=1)  # after the last </s>
     ids = [row[:end] for row, end in zip(padded, ends)]
     if self.byt5_encoder is None:
@@ -382,7 +382,7 @@ def main(argv=None) -> None:
   clip_model, clip_params, tokenizer = load_clip(
       args.clip, text_only=args.condition == "text" and not v3)
   codec = VQGANCodec(vq, vq_params, args.batch_size, jnp.bfloat16 if args.bfloat16 else None)
-  encoder = ClipEncoder(clip_model, clip_params, tokenizer, args.batch_size)
+  encoder = ClipEncoder(clip_model, clip_params, tokenizer, args.batch_size, warn_truncated=False)
   common = dict(size=args.size, crop=args.crop, min_size=args.min_size, seed=args.seed,
                 batch_size=args.batch_size, threads=args.threads)
   info = {"vqgan": {"checkpoint": os.path.abspath(args.vqgan), "config": vqgan_config(vq)},
@@ -399,7 +399,7 @@ def main(argv=None) -> None:
       t5, t5_params, _ = load_t5_encoder(args.byt5_checkpoint, dtype=jnp.bfloat16,
                                          param_dtype=jnp.bfloat16)
       byt5_encoder = ByT5Encoder(t5, t5_params, ByT5Tokenizer(args.byt5_max_length),
-                                 args.batch_size)
+                                 args.batch_size, warn_truncated=False)
       info["byt5_encoder"] = {"checkpoint": os.path.abspath(args.byt5_checkpoint),
                               "config": t5.config.to_dict()}
     preparer = V3Preparer(codec, encoder, args.byt5, byt5_encoder, args.byt5_max_length,
