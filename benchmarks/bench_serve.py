@@ -3,8 +3,10 @@
 C clients (default 16) each send R generate requests (one image, own seeds) back to back to a
 `python -m paella_jax.serve` on 127.0.0.1, first with batching (--max-batch B, --max-wait-ms W),
 then with --max-batch 1 (one request per sampler call). Reported per run: throughput (requests/s
-over the wall time of all requests), client-side latency p50/p99, and the server's sampler calls
-and batch sizes. Without --checkpoint the tiny configs are built with random weights (speed does
+over the wall time of all requests), client-side latency p50/p99, the server's sampler calls and
+batch sizes, and where the server's time went (its /metrics stage_ms): per request preparing
+(JSON, arguments, text encoding) and responding (PNGs, sidecars), per sampler call sampling and
+the VQGAN decode. Without --checkpoint the tiny configs are built with random weights (speed does
 not depend on their values).
 
   python benchmarks/bench_serve.py                         # tiny model, 16 clients
@@ -100,10 +102,15 @@ def run(checkpoint: Path, inputs: str, clients: int, requests: int, flags: list[
     server.terminate()
     server.wait()
   calls = after["sampler_calls"] - before["sampler_calls"]
+  spent = lambda stage: after["stage_ms"].get(stage, 0.0) - before["stage_ms"].get(stage, 0.0)
   return dict(flags=" ".join(flags), clients=clients, requests=len(latencies), wall_s=wall,
               requests_per_s=len(latencies) / wall, p50_ms=1e3 * np.percentile(latencies, 50),
               p99_ms=1e3 * np.percentile(latencies, 99), sampler_calls=calls,
-              rows_per_call=len(latencies) / calls, batch_sizes=after["batch_sizes"])
+              rows_per_call=len(latencies) / calls, batch_sizes=after["batch_sizes"],
+              prepare_ms_per_request=spent("prepare") / len(latencies),
+              respond_ms_per_request=spent("respond") / len(latencies),
+              sample_ms_per_call=spent("sample") / calls,
+              decode_ms_per_call=spent("decode") / calls)
 
 
 def main():
@@ -125,7 +132,11 @@ def main():
       rows.append(row)
       print(f"{name:14s} {row['requests_per_s']:7.2f} req/s  p50 {row['p50_ms']:8.1f} ms  "
             f"p99 {row['p99_ms']:8.1f} ms  {row['sampler_calls']} sampler calls "
-            f"({row['rows_per_call']:.1f} rows each)", flush=True)
+            f"({row['rows_per_call']:.1f} rows each)\n{'':14s} per request: prepare "
+            f"{row['prepare_ms_per_request']:.1f} ms, respond "
+            f"{row['respond_ms_per_request']:.1f} ms; "
+            f"per call: sample {row['sample_ms_per_call']:.1f} ms, decode "
+            f"{row['decode_ms_per_call']:.1f} ms", flush=True)
   speedup = rows[0]["requests_per_s"] / rows[1]["requests_per_s"]
   print(f"batching: {speedup:.1f}x the throughput of one request at a time")
   write_results("serve_" + ("tiny" if not args.checkpoint else Path(args.checkpoint).name), rows,

@@ -143,7 +143,10 @@ def test_a_burst_is_batched_and_none_is_lost(server):
   assert after["sampler_calls"] - before["sampler_calls"] < 32
   assert max(int(size) for size in after["batch_sizes"]) > 1
   assert after["queue"] == 0 and after["latency_ms"]["p50"] > 0
-  assert set(after) >= {"requests", "sampler_calls", "batch_sizes", "latency_ms", "compiles", "queue"}
+  assert set(after) >= {"requests", "sampler_calls", "batch_sizes", "latency_ms", "compiles",
+                        "queue", "stage_ms"}
+  for stage in ("prepare", "sample", "decode", "respond"):  # where the burst's time went
+    assert after["stage_ms"][stage] > before["stage_ms"].get(stage, 0.0)
 
 
 def test_bad_requests_get_4xx_naming_the_problem(server):

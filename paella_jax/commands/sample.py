@@ -33,6 +33,7 @@ Expected failures print one line `error: ...` (exit 2); --debug shows the traceb
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -87,10 +88,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                  help="replace the outputs of an earlier run in --out")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-  argv = list(sys.argv[1:] if argv is None else argv)
-  if not argv or argv[0] not in COMMANDS + ("replay", "-h", "--help"):
-    argv = ["generate"] + argv  # `python sample.py --prompt ...` generates
+@functools.lru_cache(maxsize=None)
+def _parser() -> argparse.ArgumentParser:
+  """The argument parser, built once (paella-serve parses every request with it)."""
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
@@ -133,7 +133,14 @@ def parse_args(argv=None) -> argparse.Namespace:
   replay.add_argument("sidecar")
   replay.add_argument("--out", default="replay")
   replay.add_argument("--overwrite", action="store_true")
-  args = parser.parse_args(argv)
+  return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if not argv or argv[0] not in COMMANDS + ("replay", "-h", "--help"):
+    argv = ["generate"] + argv  # `python sample.py --prompt ...` generates
+  args = _parser().parse_args(argv)
   for name in PATH_ARGS:  # sidecars record absolute paths, so replays work from anywhere
     if getattr(args, name, None):
       setattr(args, name, os.path.abspath(getattr(args, name)))

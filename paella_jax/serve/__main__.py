@@ -45,7 +45,8 @@ def main(argv=None) -> None:
   from paella_jax.serve.batcher import Batcher
   from paella_jax.serve.metrics import Metrics
   args = parse_args(argv)
-  pipe = Pipeline.from_checkpoint(args.checkpoint, clip=args.clip, vqgan=args.vqgan)
+  # a request encodes its few prompts or its one image alone: chunks of one row, not padded to 64
+  pipe = Pipeline.from_checkpoint(args.checkpoint, clip=args.clip, vqgan=args.vqgan, batch_size=1)
   metrics = Metrics()
   batcher = Batcher(pipe, metrics, args.max_batch, args.max_wait_ms)
   batcher.warm_up(pipe.prepare("generate", "", num_images=1, seed=0))

@@ -4,7 +4,7 @@
     GET  /health   200 {"status": "ok"} (the server listens only once models are loaded and the
                    batch buckets compiled)
     GET  /metrics  requests, statuses, sampler_calls, batch_sizes, buckets, latency_ms, compiles,
-                   queue
+                   queue, stage_ms
     GET  /         the web page (static/index.html)
 
 A refused request is answered 4xx with {"error": "<one line naming the problem>"}; one that is not
@@ -68,21 +68,42 @@ def create_app(pipe, batcher: Batcher, metrics: Metrics, *, checkpoint: str, inp
   app = FastAPI(title="paella-serve", lifespan=lifespan)
   app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-  async def answer(mode: str, request: Request) -> tuple[int, dict]:
+  def timed(stage: str, fn):
+    """`fn`, its time recorded as `stage`'s, to run in the preparing threads."""
+    def run(*args):
+      start = time.perf_counter()
+      try:
+        return fn(*args)
+      finally:
+        metrics.record_stage(stage, time.perf_counter() - start)
+    return run
+
+  def prepare(mode: str, raw: bytes):
+    """A request's body -> (paella-sample's arguments, the prepared rows); BadRequest names what
+    is refused."""
     try:
-      body = json.loads(await request.body())
+      body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-      return 400, {"error": f"invalid JSON: {e}"}
+      raise requests.BadRequest(f"invalid JSON: {e}") from None
+    args = requests.parse(requests.to_argv(mode, body, checkpoint, inputs_dir, batcher.max_batch,
+                                           tokenizer.max_length if tokenizer else 0, count_tokens))
+    prepared = requests.prepare(pipe, args)
+    if prepared.rows > batcher.max_batch:
+      raise requests.BadRequest(f"too many images: {prepared.rows}, this server samples at "
+                                f"most {batcher.max_batch} per request (--max-batch)", 413)
+    return args, prepared
+
+  def respond(args, prepared, codes, images) -> dict:
+    """The answer's body: PNGs, codes and sidecars."""
+    return {"images": [png_base64(image) for image in images] if images is not None else [],
+            "codes": codes.tolist(),
+            "sidecars": [requests.sidecar(pipe, args, prepared, i) for i in range(len(codes))]}
+
+  async def answer(mode: str, request: Request) -> tuple[int, dict]:
     loop = asyncio.get_running_loop()
     try:
-      argv = await loop.run_in_executor(preparing, lambda: requests.to_argv(
-          mode, body, checkpoint, inputs_dir, batcher.max_batch,
-          tokenizer.max_length if tokenizer else 0, count_tokens))
-      args = requests.parse(argv)
-      prepared = await loop.run_in_executor(preparing, requests.prepare, pipe, args)
-      if prepared.rows > batcher.max_batch:
-        raise requests.BadRequest(f"too many images: {prepared.rows}, this server samples at "
-                                  f"most {batcher.max_batch} per request (--max-batch)", 413)
+      args, prepared = await loop.run_in_executor(preparing, timed("prepare", prepare), mode,
+                                                  await request.body())
       codes, images = await asyncio.wait_for(batcher.submit(prepared), timeout_s)
     except requests.BadRequest as e:
       return e.status, {"error": _one_line(e)}
@@ -91,9 +112,8 @@ def create_app(pipe, batcher: Batcher, metrics: Metrics, *, checkpoint: str, inp
     except asyncio.TimeoutError:
       return 503, {"error": f"not answered within {timeout_s:g} s (--timeout-s); the server is "
                             "busy, retry later"}
-    return 200, {"images": [png_base64(image) for image in images] if images is not None else [],
-                 "codes": codes.tolist(),
-                 "sidecars": [requests.sidecar(pipe, args, prepared, i) for i in range(len(codes))]}
+    return 200, await loop.run_in_executor(preparing, timed("respond", respond), args, prepared,
+                                           codes, images)
 
   @app.post("/v1/{mode}")
   async def v1(mode: str, request: Request):

@@ -18,11 +18,11 @@ import concurrent.futures
 import dataclasses
 import time
 
-import jax.numpy as jnp
+import jax
 import numpy as np
 
-from paella_jax.pipeline import (Prepared, concat_rows, map_rows, repeat_rows, row_keys,
-                                 row_signature)
+from paella_jax.encoders.vq import VQGANCodec
+from paella_jax.pipeline import Prepared, concat_rows, map_rows, repeat_rows, row_signature
 from paella_jax.sampling import sample
 
 
@@ -57,6 +57,19 @@ class Job:
             row_signature(self.prepared.uncond), kind, tuple(shape))
 
 
+def _seed_key(seed: int) -> np.ndarray:
+  """The key data of `jax.random.key(seed)`."""
+  return np.asarray(jax.random.key_data(jax.random.key(seed)))
+
+
+@jax.jit
+def _row_keys(seed_keys, indices) -> jax.Array:
+  """The rows' keys as `row_keys` makes them, fold_in(key(seed), index in its request), for a
+  whole call in one program per bucket (eager ops would compile for every mix of requests):
+  seed_keys (B, ...) key data, indices (B,) uint32 -> (B,) keys."""
+  return jax.vmap(jax.random.fold_in)(jax.random.wrap_key_data(seed_keys), indices)
+
+
 def _schedule_rows(value, rows: int) -> np.ndarray:
   """A setting that is a number or (start, end) -> (rows, 2) (start, end) per row."""
   pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
@@ -73,6 +86,7 @@ class Batcher:
     self.queue: asyncio.Queue[Job] = asyncio.Queue()
     self._groups: dict[tuple, list[Job]] = {}
     self._compiled: set[tuple] = set()
+    self._decoders = _bucket_decoders(pipe, self.buckets)
     self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sampler")
 
   @property
@@ -160,16 +174,19 @@ class Batcher:
     return jobs
 
   def sample_jobs(self, jobs: list[Job], record: bool = True) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    """One sampler call for the jobs' rows (padded to a bucket) and one decode of its codes;
-    `record` counts it in the metrics' sampler calls."""
+    """One sampler call for the jobs' rows, padded to a bucket, and one decode of its codes (of
+    the padded rows too, so each bucket decodes with one program); `record` counts the call in
+    the metrics' sampler calls."""
     first = jobs[0].prepared
     rows = sum(job.rows for job in jobs)
     bucket = next(b for b in self.buckets if b >= rows)
     pad = lambda x: np.concatenate([x, np.repeat(x[:1], bucket - len(x), 0)])
     cat = lambda name: pad(np.concatenate([np.asarray(job.prepared.inputs[name]) for job in jobs]))
     cat_rows = lambda name: map_rows(pad, concat_rows([getattr(job.prepared, name) for job in jobs]))
-    keys = jnp.concatenate([row_keys(job.prepared.seed, job.rows) for job in jobs])
-    keys = jnp.concatenate([keys, jnp.repeat(keys[:1], bucket - rows)])
+    seeds = np.concatenate([np.repeat(_seed_key(job.prepared.seed)[None], job.rows, 0)
+                            for job in jobs])
+    index = np.concatenate([np.arange(job.rows, dtype=np.uint32) for job in jobs])
+    keys = _row_keys(pad(seeds), pad(index))
     per_row = lambda name: pad(np.concatenate([_schedule_rows(getattr(job.prepared.settings, name),
                                                               job.rows) for job in jobs]))
     s = first.settings
@@ -188,11 +205,15 @@ class Batcher:
       self._compiled.add(compile_key)
       self.metrics.compiles += 1
     uncond = None if first.uncond is None else cat_rows("uncond")
+    start = time.perf_counter()
     codes = np.asarray(sample(self.pipe.model, self.pipe.params, cat_rows("cond"), keys,
                               uncond=uncond, **kwargs))
+    sampled = time.perf_counter()
+    images = None if self._decoders is None else self._decoders[bucket].decode(codes)[:rows]
     if record:
       self.metrics.record_call(rows, bucket)
-    images = self.pipe.decode(codes[:rows])  # one decode for all the call's rows
+      self.metrics.record_stage("sample", sampled - start)
+      self.metrics.record_stage("decode", time.perf_counter() - sampled)
     outputs, start = [], 0
     for job in jobs:
       end = start + job.rows
@@ -213,6 +234,15 @@ class Batcher:
 
   def close(self) -> None:
     self._worker.shutdown(wait=True)
+
+
+def _bucket_decoders(pipe, sizes: list[int]) -> dict | None:
+  """One VQGAN decoder per bucket, each compiled for exactly that many rows (the pipeline's own
+  pads every decode to its chunk of rows); None without a VQGAN."""
+  if not pipe.has_codec:
+    return None
+  codec = pipe.codec
+  return {size: VQGANCodec(codec.module, codec.params, batch_size=size) for size in sizes}
 
 
 class _NoFuture:
