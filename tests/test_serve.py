@@ -164,6 +164,8 @@ def test_bad_requests_get_4xx_naming_the_problem(server):
       ("generate", {"prompt": "x", "guidance": 3}, "unknown fields ['guidance']"),
       ("inpaint", {"prompt": "x", "image": good_image}, "a mask image or a box"),
       ("edit", {"image": good_image}, "needs the field(s) ['prompt']"),
+      ("generate", {"prompt": "a \udcff cat"}, "is not valid UTF-8 text"),
+      ("generate", {"prompt": "x", "negative_prompt": "blurry"}, "v1 guides"),
   ]
   for mode, body, message in bad:
     status, answer = server.post(f"/v1/{mode}", body)

@@ -19,6 +19,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--checkpoint", required=True, help="model directory (as paella-sample's)")
   parser.add_argument("--clip", help="CLIP checkpoint directory (default: the model's)")
   parser.add_argument("--vqgan", help="VQGAN checkpoint directory (default: the model's)")
+  parser.add_argument("--byt5", help="Paella v3: ByT5 checkpoint directory (default: the model's)")
   parser.add_argument("--host", default="127.0.0.1")
   parser.add_argument("--port", type=int, default=8000)
   parser.add_argument("--max-batch", type=int, default=16,
@@ -46,7 +47,8 @@ def main(argv=None) -> None:
   from paella_jax.serve.metrics import Metrics
   args = parse_args(argv)
   # a request encodes its few prompts or its one image alone: chunks of one row, not padded to 64
-  pipe = Pipeline.from_checkpoint(args.checkpoint, clip=args.clip, vqgan=args.vqgan, batch_size=1)
+  pipe = Pipeline.from_checkpoint(args.checkpoint, clip=args.clip, vqgan=args.vqgan,
+                                  byt5=args.byt5, batch_size=1)
   metrics = Metrics()
   batcher = Batcher(pipe, metrics, args.max_batch, args.max_wait_ms)
   batcher.warm_up(pipe.prepare("generate", "", num_images=1, seed=0))

@@ -18,11 +18,13 @@ import os
 from typing import Any
 
 from paella_jax.commands import sample as sample_command
+from paella_jax.tokenizer import check_prompts
 
 SERVED_MODES = ("generate", "inpaint", "outpaint", "edit", "vary", "interpolate")
 SETTINGS = {"steps": int, "start_step": int, "cfg": "number_or_off", "typical_mass": "number_or_off",
             "typical_min_tokens": int, "temperature": ("number", 2), "renoise_mode": str}
-COMMON = {"seed": int, "num_images": int, **SETTINGS}
+# negative_prompt: Paella v3 guides away from it instead of the empty prompt (v1 refuses it).
+COMMON = {"seed": int, "num_images": int, "negative_prompt": str, **SETTINGS}
 FIELDS = {
     "generate": {"prompt": str},
     "inpaint": {"prompt": str, "image": "image", "mask": "image", "box": (int, 4)},
@@ -125,7 +127,11 @@ def to_argv(mode: str, body: Any, checkpoint: str, inputs_dir: str, max_images: 
     raise BadRequest(f"too many images: {body['num_images']} requested, this server samples at "
                      f"most {max_images} per request (--max-batch)", 413)
   prompts = body.get("prompts", [body["prompt"]] if "prompt" in body else [])
-  for prompt in prompts:
+  for prompt in prompts + [body[k] for k in ("negative_prompt",) if k in body]:
+    try:
+      check_prompts(prompt)
+    except ValueError as e:
+      raise BadRequest(str(e)) from None
     tokens = count_tokens(prompt)
     if tokens > max_tokens:
       raise BadRequest(f"prompt too long: {tokens} tokens with the start and end tokens, the text "
@@ -160,9 +166,7 @@ def parse(argv: list[str]):
 def prepare(pipe, args):
   """The request's rows, prepared exactly as paella-sample samples them."""
   view = _Preparing(pipe)
-  overrides = {k: getattr(args, k, None) for k in sample_command.SETTING_ARGS}
-  common = dict(num_images=args.batch_size, seed=args.seed, **overrides)
-  return sample_command.MODES[args.command](view, args, common)
+  return sample_command.MODES[args.command](view, args, sample_command.common_arguments(args))
 
 
 class _Preparing:
