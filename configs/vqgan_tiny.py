@@ -15,5 +15,8 @@ def get_config():
   c.train.update(batch_size=16, total_steps=1_000, learning_rate=1e-3, adam_b1=0.9, adam_b2=0.99,
                  recon_loss="l1", perceptual_weight=0.0, aux_weight=1.0,
                  temperature=(1.0, 1.0 / 16, 500), disc_weight=0.0, disc_start=500,
-                 disc_channels=16, disc_layers=2, log_every=50, checkpoint_every=500)
+                 disc_channels=16, disc_layers=2, log_every=50, checkpoint_every=500,
+                 # dead-code restarts (not in taming, paella_jax/training/vqgan.py): off here,
+                 # on in configs/demo.py
+                 restart_every=0, restart_until=0)
   return c

@@ -2,13 +2,17 @@
 
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import demo
+from configs import demo, vqgan_tiny
 from paella_jax.data.scenes import (HELD_OUT, all_scenes, held_out_scenes, make_dataset,
                                     training_scenes)
 from paella_jax.eval.adherence import analyse, score
+from paella_jax.models.vqgan import init_params, vqgan_from_config
+from paella_jax.training.vqgan import init_state, make_train_step, restart_dead_codes
 
 
 def test_scenes_are_deterministic_and_hold_combinations_out():
@@ -32,7 +36,46 @@ def test_analyser_reports_empty_images_as_failures():
   blank = np.full((32, 32, 3), 0.92, np.float32)
   assert analyse(blank) is None
   images, scenes = make_dataset(2, seed=0)
-  assert score([blank, images[1]], scenes)["all"] == 0.5
+  result = score([blank, images[1]], scenes)
+  assert result["all"] == 0.5 and result["count"] == 2 and result["correct"]["all"] == 1
+
+
+def test_dead_codes_restart_onto_encoder_latents():
+  c = vqgan_tiny.get_config()
+  c.model.update(ch=8, ch_mult=(1, 2), norm_groups=4, z_channels=8, embed_dim=8, n_embed=32)
+  model = vqgan_from_config(c.model)
+  images = jnp.asarray(make_dataset(4, seed=0, size=16)[0])
+  params = init_params(model, jax.random.key(0), 16)
+  usage = jnp.arange(32) % 2  # the even codes went unused
+  new = restart_dead_codes(model, params, usage, images, jax.random.key(1))
+  before = np.asarray(params["quantize"]["embedding"]["embedding"])
+  after = np.asarray(new["quantize"]["embedding"]["embedding"])
+  np.testing.assert_array_equal(after[1::2], before[1::2])
+  latents = np.asarray(model.apply({"params": params}, images, method="encode_latents"))
+  latents = latents.reshape(-1, 8)
+  distance = np.linalg.norm(after[0::2, None] - latents[None], axis=-1).min(axis=1)
+  assert distance.max() < 1e-6 and not np.allclose(after[0::2], before[0::2])
+
+
+def test_vqgan_steps_with_restarts_are_deterministic():
+  """The demo's stage-1 recipe (dead-code restarts) repeats bit for bit."""
+  c = vqgan_tiny.get_config()
+  c.model.update(ch=8, ch_mult=(1, 2), norm_groups=4, z_channels=8, embed_dim=8, n_embed=32)
+  c.train.update(batch_size=4, total_steps=6, restart_every=2, restart_until=4)
+  model = vqgan_from_config(c.model)
+  step = jax.jit(make_train_step(model, c.train))
+  images = {"images": jnp.asarray(make_dataset(4, seed=0, size=16)[0])}
+
+  def train():
+    state = init_state(model, c.train, jax.random.key(0), (16, 16))
+    for _ in range(6):
+      state, metrics = step(state, images)
+    return state, metrics
+
+  (a, metrics), (b, _) = train(), train()
+  assert int(a.step) == 6 and int(metrics["dead_codes"]) >= 0
+  jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
+  np.testing.assert_array_equal(a.code_usage, b.code_usage)
 
 
 @pytest.mark.slow
@@ -42,10 +85,14 @@ def test_demo_end_to_end_shortened(tmp_path):
   config = demo.get_config()
   config.num_images = 2048
   config.vqgan.train.total_steps = 1000   # colours need ~1000 VQGAN steps (500 give ~34%)
+  config.vqgan.train.restart_until = 750
   config.paella.train.update(total_steps=1500, checkpoint_every=750)
-  config.eval_samples_per_prompt = 2
+  config.eval_samples_per_prompt, config.eval_held_out_samples_per_prompt = 2, 3
   report = run(config, str(tmp_path), progress=False)
   assert (tmp_path / "samples" / "grid.png").is_file()
-  assert json.load(open(tmp_path / "report.json"))["seen"]["count"] == 68 * 2
+  written = json.load(open(tmp_path / "report.json"))
+  assert written["seen"]["count"] == 68 * 2 and written["held_out"]["count"] == 4 * 3
+  assert set(written["stage_minutes"]) == {"data", "vqgan", "prepare", "paella", "evaluate"}
   assert report["seen"]["colour"] > 2 * (1 / 6), report
   assert report["seen"]["position"] > 2 * (1 / 4), report
+

@@ -40,8 +40,9 @@ def analyse(image: np.ndarray) -> Scene | None:
   return Scene(_NAMES[colour], shape, position)
 
 
-def score(images: Iterable[np.ndarray], scenes: Iterable[Scene]) -> dict[str, float]:
-  """Accuracy of colour, shape, position and all three, over images and their target scenes."""
+def score(images: Iterable[np.ndarray], scenes: Iterable[Scene]) -> dict:
+  """Accuracy of colour, shape, position and all three over images and their target scenes,
+  the number of images ("count") and of correct ones per attribute ("correct")."""
   found = [analyse(image) for image in images]
   scenes = list(scenes)
   hits = {"colour": [], "shape": [], "position": [], "all": []}
@@ -49,7 +50,8 @@ def score(images: Iterable[np.ndarray], scenes: Iterable[Scene]) -> dict[str, fl
     for key in ("colour", "shape", "position"):
       hits[key].append(f is not None and getattr(f, key) == getattr(s, key))
     hits["all"].append(f == s)
-  return {key: float(np.mean(v)) for key, v in hits.items()} | {"count": len(scenes)}
+  return ({key: float(np.mean(v)) for key, v in hits.items()}
+          | {"count": len(scenes), "correct": {key: int(np.sum(v)) for key, v in hits.items()}})
 
 
 def score_seen_and_held_out(images: np.ndarray, scenes: list[Scene]) -> dict[str, dict]:

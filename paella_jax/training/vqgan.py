@@ -9,6 +9,11 @@ built in), and w_adapt = disc_weight * |dnll/dW| / (|dG/dW| + 1e-4) with W the d
 conv kernel (taming's adaptive weight). The discriminator minimises the hinge loss
 0.5 * (mean relu(1 - D(x)) + mean relu(1 + D(x_rec))). Both terms switch on at `disc_start`.
 
+Dead-code restarts (`restart_every` > 0, "vq" quantizer only; not in taming): every
+`restart_every` steps up to step `restart_until`, each code that no latent chose since the last
+restart is moved onto the encoder's output at a random position of the current batch, so that a
+large codebook gets used; the steps after `restart_until` let the decoder settle on the codes.
+
 Pure functions: `init_state(...)` and `make_train_step(...)` returning
 `train_step(state, batch) -> (state, metrics)` for the caller to jit; a batch is
 {"images": float (B, H, W, 3) in [0, 1]}.
@@ -35,6 +40,7 @@ class VQGANTrainState:
   disc_params: Any  # None without a discriminator
   disc_opt_state: Any
   rng: jax.Array
+  code_usage: Any = None  # (n_embed,) int32 uses since the last dead-code restart, or None
 
 
 class PatchDiscriminator(nn.Module):
@@ -103,9 +109,28 @@ def init_state(model: nn.Module, cfg: Mapping[str, Any], rng: jax.Array,
   optimizer = make_optimizer(cfg)
   disc = make_discriminator(cfg)
   disc_params = disc.init(disc_rng, images)["params"] if disc else None
+  usage = jnp.zeros((model.n_embed,), jnp.int32) if _restarts(model, cfg) else None
   return VQGANTrainState(step=jnp.zeros((), jnp.int32), params=params,
                          opt_state=optimizer.init(params), disc_params=disc_params,
-                         disc_opt_state=optimizer.init(disc_params) if disc else None, rng=rng)
+                         disc_opt_state=optimizer.init(disc_params) if disc else None, rng=rng,
+                         code_usage=usage)
+
+
+def _restarts(model: nn.Module, cfg: Mapping[str, Any]) -> bool:
+  """Whether dead codes are restarted: asked for, and a nearest-neighbour codebook."""
+  return bool(cfg.get("restart_every", 0)) and model.quantizer == "vq"
+
+
+def restart_dead_codes(model: nn.Module, params, usage: jax.Array, images: jax.Array,
+                       rng: jax.Array):
+  """Moves every code with usage 0 onto the encoder's latent at a random position of `images`
+  (B,H,W,3) in [0,1]; returns the new params."""
+  z = model.apply({"params": params}, images, method="encode_latents")
+  z = z.reshape(-1, z.shape[-1]).astype(jnp.float32)
+  picks = z[jax.random.randint(rng, (model.n_embed,), 0, z.shape[0])]
+  table = params["quantize"]["embedding"]["embedding"]
+  table = jnp.where((usage == 0)[:, None], picks.astype(table.dtype), table)
+  return {**params, "quantize": {**params["quantize"], "embedding": {"embedding": table}}}
 
 
 def _last_layer(tree):
@@ -123,9 +148,10 @@ def make_train_step(model: nn.Module, cfg: Mapping[str, Any],
   optimizer = make_optimizer(cfg)
   disc = make_discriminator(cfg)
   use_perceptual = perceptual is not None and cfg["perceptual_weight"] > 0
+  restarts = _restarts(model, cfg)
 
   def autoencoder_terms(params, disc_params, images, rng, temperature):
-    """((nll, weighted aux loss, generator loss), (x, x_rec, metrics)) for one batch."""
+    """((nll, weighted aux loss, generator loss), (x, x_rec, codes, metrics)) for one batch."""
     x_rec, aux, codes = model.apply({"params": params}, images, rng, temperature)
     x = 2.0 * images - 1.0
     rec = reconstruction_loss(x, x_rec, cfg["recon_loss"])
@@ -138,12 +164,12 @@ def make_train_step(model: nn.Module, cfg: Mapping[str, Any],
       nll = nll + cfg["perceptual_weight"] * p_loss
       metrics["perceptual_loss"] = p_loss
     g_loss = -jnp.mean(disc.apply({"params": disc_params}, x_rec)) if disc else jnp.zeros(())
-    return (nll, cfg["aux_weight"] * aux, g_loss), (x, x_rec, metrics)
+    return (nll, cfg["aux_weight"] * aux, g_loss), (x, x_rec, codes, metrics)
 
   def train_step(state: VQGANTrainState, batch: Mapping[str, jax.Array]):
     rng = jax.random.fold_in(state.rng, state.step)
     temperature = gumbel_temperature(state.step, cfg["temperature"])
-    (nll, aux, g_loss), vjp, (x, x_rec, metrics) = jax.vjp(
+    (nll, aux, g_loss), vjp, (x, x_rec, codes, metrics) = jax.vjp(
         lambda p: autoencoder_terms(p, state.disc_params, batch["images"], rng, temperature),
         state.params, has_aux=True)
     one, zero = jnp.ones(()), jnp.zeros(())
@@ -170,6 +196,16 @@ def make_train_step(model: nn.Module, cfg: Mapping[str, Any],
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics.update(loss=loss, grad_norm=optax.global_norm(grads))
+    if restarts:
+      usage = state.code_usage + jnp.bincount(codes.ravel(), length=model.n_embed)
+      done = state.step + 1
+      due = (done % cfg["restart_every"] == 0) & (done <= cfg.get("restart_until", done))
+      metrics["dead_codes"] = jnp.sum(usage == 0)  # since the last restart
+      params = jax.lax.cond(
+          due, lambda p: restart_dead_codes(model, p, usage, batch["images"],
+                                            jax.random.fold_in(rng, 1)),
+          lambda p: p, params)
+      state = state.replace(code_usage=jnp.where(due, 0, usage))
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step
