@@ -1,11 +1,15 @@
 """The built-in demo, end to end on CPU: data -> VQGAN (stage 1) -> encode -> Paella (stage 2)
--> samples -> prompt-adherence report. Run by `python train.py` with no arguments.
+-> samples -> prompt-adherence report. Run by `python train.py` with no arguments; with Paella v3
+as stage 2 (config.paella.kind "paella_v3", configs/demo_v3.py) by
+`python train.py --config configs/demo_v3.py`.
 
 Writes into WORKDIR:
   vqgan/        stage 1: checkpoints, logs, TensorBoard; vqgan/model the VQGAN
-  clip/         the tiny random text tower (seeded, frozen)
+  clip/         the tiny random CLIP (seeded, frozen)
+  byt5/         v3: the tiny random ByT5 encoder (seeded, frozen; the train step runs it too)
   data/         the dataset prepared by the real data path (paella_jax.data.prepare): ArrayRecord
-                shards of tokens (8, 8) + caption embeddings (32,) and a manifest
+                shards of tokens (8, 8) + caption embeddings (32,) and a manifest (v3: CLIP
+                text and image embeddings and the captions' ByT5 byte ids)
   paella/       stage-2 checkpoints, logs, TensorBoard; paella/model the sampler's checkpoint
   samples/grid.png, report.json   samples for every prompt, adherence scores
 """
@@ -21,7 +25,7 @@ import numpy as np
 
 from paella_jax.encoders.clip import ClipEncoder, random_clip, save_clip
 from paella_jax.encoders.vq import VQGANCodec
-from paella_jax.data.prepare import Preparer
+from paella_jax.data.prepare import Preparer, V3Preparer
 from paella_jax.data.scenes import (COLOURS, POSITIONS, SHAPES, all_scenes, held_out_scenes,
                                     make_dataset, training_scenes)
 from paella_jax.eval.adherence import score, score_seen_and_held_out
@@ -64,20 +68,26 @@ def run(config, workdir: str = "runs/demo", progress: bool = True) -> dict:
   save_clip(os.path.join(workdir, "clip"), clip_model, clip_params, tokenizer, overwrite=True,
             meta={"random_weights": True})
   encoder = ClipEncoder(clip_model, clip_params, tokenizer, batch_size=256)
+  v3 = config.paella.get("kind", "paella_v1") == "paella_v3"
+  byt5 = _random_byt5(config.paella.byt5, os.path.join(workdir, "byt5")) if v3 else None
   data_dir = os.path.join(workdir, "data")
   shutil.rmtree(data_dir, ignore_errors=True)
-  Preparer(codec, encoder, size=images.shape[1], crop="center", batch_size=256).run(
-      memory_source(to_uint8(images), captions), data_dir, progress=progress)
+  options = dict(size=images.shape[1], crop="center", batch_size=256)
+  preparer = (V3Preparer(codec, encoder, byt5_max_length=max(config.paella.data.byt5_buckets),
+                         **options) if v3 else Preparer(codec, encoder, **options))
+  preparer.run(memory_source(to_uint8(images), captions), data_dir, progress=progress)
   clock.lap("prepare")
   paella_cfg = config.paella
   paella_cfg.data.path = data_dir  # configs/demo.py reads "records"
   # The exported model names the demo's encoders, so sample.py needs no flags.
   paella_cfg.export.update(clip_checkpoint="../../clip", vqgan_checkpoint="../../vqgan/model")
+  if v3:
+    paella_cfg.export.byt5_checkpoint = "../../byt5"
   paella_dir = os.path.join(workdir, "paella")
   state = train_paella(paella_cfg, paella_dir, progress=progress)
   clock.lap("paella")
 
-  report = evaluate(config, state.params, encoder, codec, workdir)
+  report = evaluate(config, state.params, encoder, codec, workdir, byt5)
   clock.lap("evaluate")
   report.update(dataset_analyser_check=data_check, vqgan_reconstruction=reconstruction,
                 chance=CHANCE, minutes=(time.perf_counter() - t0) / 60,
@@ -87,14 +97,27 @@ def run(config, workdir: str = "runs/demo", progress: bool = True) -> dict:
   return report
 
 
-def evaluate(config, params, encoder, codec, workdir: str) -> dict:
+def _random_byt5(config, out_dir: str):
+  """The ByT5 encoder of `config` (configs/t5_tiny.py) with its RANDOM seeded weights, the
+  ones the v3 train step builds from the same config, saved to `out_dir` for sample.py."""
+  from paella_jax.encoders.byt5 import ByT5Encoder, random_t5_encoder, save_t5_encoder
+  model, params, tokenizer = random_t5_encoder(config.model, seed=config.seed)
+  save_t5_encoder(out_dir, model, params, tokenizer, meta={"random_weights": True},
+                  overwrite=True)
+  return ByT5Encoder(model, params, tokenizer, pad_multiple=config.pad_multiple,
+                     masked=config.masked)
+
+
+def evaluate(config, params, encoder, codec, workdir: str, byt5_encoder=None) -> dict:
   """Samples every prompt through the pipeline (`eval_samples_per_prompt` images each; the
   held-out prompts `eval_held_out_samples_per_prompt`), decodes, analyses: scores for seen and
   held-out combinations. The grid shows the first sample of every prompt."""
-  from paella_jax.models.paella import build_model
-  from paella_jax.pipeline import Pipeline
-  pipe = Pipeline(build_model(config.paella.model), params, sampling=config.paella.sampling.to_dict(),
-                  latent_shape=config.paella.latent_shape, text_encoder=encoder, codec=codec)
+  from paella_jax.pipeline import FAMILIES, Pipeline
+  kind = config.paella.get("kind", "paella_v1")
+  pipe = Pipeline(FAMILIES[kind].build(config.paella.model), params, kind=kind,
+                  sampling=config.paella.sampling.to_dict(),
+                  latent_shape=config.paella.latent_shape, text_encoder=encoder, codec=codec,
+                  byt5_encoder=byt5_encoder)
   n = config.eval_samples_per_prompt
   n_held = config.get("eval_held_out_samples_per_prompt", n)
   prompts = all_scenes()

@@ -96,3 +96,39 @@ def test_demo_end_to_end_shortened(tmp_path):
   assert report["seen"]["colour"] > 2 * (1 / 6), report
   assert report["seen"]["position"] > 2 * (1 / 4), report
 
+
+@pytest.mark.slow
+def test_demo_v3_end_to_end_shortened(tmp_path):
+  """configs/demo_v3.py with few steps: the v1 demo's report, and `python sample.py
+  --checkpoint WORKDIR/paella/model` samples a prompt with the demo's ByT5, CLIP and VQGAN."""
+  import os
+  import subprocess
+  import sys
+  from configs import demo_v3
+  from paella_jax.demo import run
+  config = demo_v3.get_config()
+  config.num_images = 256
+  config.vqgan.train.update(total_steps=20, restart_until=0)
+  config.paella.train.update(total_steps=20, checkpoint_every=20, log_every=10)
+  config.eval_samples_per_prompt = config.eval_held_out_samples_per_prompt = 1
+  report = run(config, str(tmp_path), progress=False)
+  assert json.load(open(tmp_path / "report.json")) == json.loads(json.dumps(report))
+  assert report["seen"]["count"] == 68 and report["held_out"]["count"] == 4
+  for part in ("seen", "held_out", "dataset_analyser_check", "vqgan_reconstruction"):
+    assert {"colour", "shape", "position", "all"} <= set(report[part]), part
+  assert report["dataset_analyser_check"]["all"] >= 0.99 and report["minutes"] > 0
+  meta = json.load(open(tmp_path / "paella" / "model" / "model.json"))
+  assert meta["kind"] == "paella_v3"
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = tmp_path / "samples_cli"
+  done = subprocess.run([sys.executable, "sample.py", "--checkpoint",
+                         str(tmp_path / "paella" / "model"), "--prompt",
+                         "a red circle in the top left", "--batch-size", "2", "--out", str(out)],
+                        cwd=root, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-2000:]
+  sidecar = json.load(open(out / "0001.json"))
+  assert sidecar["kind"] == "paella_v3" and sidecar["label"] == "a red circle in the top left"
+  assert (out / "0000.png").is_file() and (out / "0001.png").is_file()
+  assert os.path.samefile(sidecar["byt5_checkpoint"], tmp_path / "byt5")
+  assert np.load(out / "codes.npy").shape == (2, 8, 8)

@@ -32,7 +32,7 @@ DEMO_CONFIG = os.path.join("configs", "demo.py")
 config_flags.DEFINE_config_file("config", None, "Config file (get_config()); default: "
                                 f"{DEMO_CONFIG}, the built-in demo.")
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the model "
-                    "(default runs/demo for the demo, runs/default otherwise).")
+                    "(default: the demo config's workdir, runs/demo; runs/default otherwise).")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 flags.DEFINE_bool("multihost", False, "jax.distributed.initialize() from the environment "
                   "(TPU pod slices, SLURM, ...).")
@@ -62,7 +62,7 @@ def main(argv):
   with one_line_errors(FLAGS.debug):
     initialize_distributed()
     if FLAGS.config.get("job") == "demo":
-      run_demo(FLAGS.config, FLAGS.workdir or "runs/demo")
+      run_demo(FLAGS.config, FLAGS.workdir or FLAGS.config.get("workdir", "runs/demo"))
       return
     from paella_jax.training.loop import train
     train(FLAGS.config, FLAGS.workdir or "runs/default", progress=FLAGS.progress)
