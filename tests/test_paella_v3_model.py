@@ -233,4 +233,4 @@ def test_cli_converts_to_a_checkpoint_with_v3_sampling_defaults(tmp_path, tiny, 
   meta = json.loads((out / "model.json").read_text())["meta"]
   assert meta["sampling"] == dict(steps=12, temperature=[0.7, 0.3], cfg=[8.0, 8.0],
                                   typical_mass=None, typical_min_tokens=1, renoise_mode="start",
-                                  start_step=0)
+                                  start_step=0, modes={"edit": {"start_step": 4}})
