@@ -64,6 +64,7 @@ def test_device_suite_dry_run_on_cpu(tmp_path):
   assert "| batch-1 latency (ms), bf16 |" in summary and "not measured" in summary  # CPU: no MFU
 
 
+@pytest.mark.slow  # minutes on 2 cores: CI runs it in the slow tier
 @pytest.mark.parametrize("script", ["bench_sampling", "bench_train"])
 def test_a_batch_that_does_not_fit_is_recorded_and_the_run_goes_on(script, tmp_path, monkeypatch):
   monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))

@@ -109,6 +109,7 @@ def image(tiny_checkpoints):
   return path
 
 
+@pytest.mark.slow  # minutes on 2 cores: CI runs it in the slow tier
 def test_every_subcommand_writes_images_and_sidecars(tiny_checkpoints, image, tmp_path):
   model = tiny_checkpoints / "model"
   cases = {

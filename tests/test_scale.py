@@ -61,6 +61,7 @@ def free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow  # minutes on 2 cores: CI runs it in the slow tier
 def test_two_processes_equal_one_and_restore_onto_another_mesh(tmp_path):
   """2 processes x 2 devices == 1 process x 4 devices; a run saved on 8 devices resumes on 4."""
   port, flags = free_port(), ["--config.train.total_steps=8", "--config.train.log_every=2",
