@@ -20,6 +20,7 @@ def get_config():
   c.train = ml_collections.ConfigDict(dict(
       seed=0, batch_size=64, total_steps=500_000, learning_rate=4.5e-6 * 64, warmup_steps=0,
       adam_b1=0.5, adam_b2=0.9, grad_clip=0.0,
+      lr_decay_steps=0,  # > 0: cosine decay to 0 over the last lr_decay_steps (taming: none)
       recon_loss="l1", recon_weight=1.0, perceptual_weight=1.0, perceptual_weights_path="",
       aux_weight=1e-8,  # the Gumbel KL weight (taming's kl_weight) or the codebook loss weight
       temperature=(1.0, 1.0 / 16, 100_000),  # Gumbel temperature: start, end, annealing steps

@@ -58,10 +58,11 @@ def test_dead_codes_restart_onto_encoder_latents():
 
 
 def test_vqgan_steps_with_restarts_are_deterministic():
-  """The demo's stage-1 recipe (dead-code restarts) repeats bit for bit."""
+  """Stage-1 steps (dead-code restarts, the decaying rate of the demo's recipe) repeat bit for
+  bit."""
   c = vqgan_tiny.get_config()
   c.model.update(ch=8, ch_mult=(1, 2), norm_groups=4, z_channels=8, embed_dim=8, n_embed=32)
-  c.train.update(batch_size=4, total_steps=6, restart_every=2, restart_until=4)
+  c.train.update(batch_size=4, total_steps=6, restart_every=2, restart_until=4, lr_decay_steps=3)
   model = vqgan_from_config(c.model)
   step = jax.jit(make_train_step(model, c.train))
   images = {"images": jnp.asarray(make_dataset(4, seed=0, size=16)[0])}
@@ -84,8 +85,8 @@ def test_demo_end_to_end_shortened(tmp_path):
   from paella_jax.demo import run
   config = demo.get_config()
   config.num_images = 2048
-  config.vqgan.train.total_steps = 1000   # colours need ~1000 VQGAN steps (500 give ~34%)
-  config.vqgan.train.restart_until = 750
+  # The demo's recipe, shortened: 2000 steps of batch 8, the last 500 with a decaying rate.
+  config.vqgan.train.update(total_steps=2000, lr_decay_steps=500, checkpoint_every=1000)
   config.paella.train.update(total_steps=1500, checkpoint_every=750)
   config.eval_samples_per_prompt, config.eval_held_out_samples_per_prompt = 2, 3
   report = run(config, str(tmp_path), progress=False)

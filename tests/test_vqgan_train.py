@@ -3,12 +3,13 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from configs import vqgan_tiny
 from paella_jax.data.scenes import make_dataset
 from paella_jax.models.vqgan import vqgan_from_config
-from paella_jax.training.vqgan import init_state, make_train_step
+from paella_jax.training.vqgan import init_state, learning_rate, make_train_step
 
 
 def tiny(**train):
@@ -35,6 +36,28 @@ def test_reconstruction_error_falls():
   after = reconstruction_error(model, state.params, images)
   assert int(state.step) == 25 and np.isfinite(float(metrics["loss"]))
   assert after < 0.6 * before, (before, after)
+
+
+def test_learning_rate_decay_ends_at_zero():
+  assert learning_rate(dict(learning_rate=1e-3, total_steps=100)) == 1e-3  # taming's constant
+  schedule = learning_rate(dict(learning_rate=1e-3, total_steps=100, lr_decay_steps=40))
+  rates = np.array([float(schedule(s)) for s in (0, 59, 60, 80, 100)])
+  np.testing.assert_allclose(rates, [1e-3, 1e-3, 1e-3, 5e-4, 0.0], atol=1e-9)
+
+
+def test_decayed_rate_moves_the_params_less_at_the_end():
+  c = tiny(learning_rate=3e-3, total_steps=6, lr_decay_steps=3)
+  model = vqgan_from_config(c.model)
+  images = jnp.asarray(make_dataset(8, seed=1, size=16)[0])
+  state = init_state(model, c.train, jax.random.key(0), (16, 16))
+  step = jax.jit(make_train_step(model, c.train))
+  moves = []
+  for _ in range(6):
+    new, _ = step(state, {"images": images})
+    moves.append(float(optax.global_norm(jax.tree.map(jnp.subtract, new.params, state.params))))
+    state = new
+  # Adam's steps scale with the rate: 1e-3 up to step 3, then 0.75x and 0.25x of it
+  assert moves[5] < 0.5 * moves[2] and moves[4] < moves[3], moves
 
 
 def test_gumbel_gan_and_perceptual_step():

@@ -87,9 +87,21 @@ def gumbel_temperature(step: jax.Array, schedule) -> jax.Array:
   return start * (end / start) ** frac
 
 
+def learning_rate(cfg: Mapping[str, Any]) -> float | optax.Schedule:
+  """taming's constant rate, or with `lr_decay_steps` > 0 the rate held until the last
+  `lr_decay_steps` steps of `total_steps` and then decayed to 0 along a half cosine."""
+  peak, decay = cfg["learning_rate"], int(cfg.get("lr_decay_steps", 0))
+  if decay <= 0:
+    return peak
+  hold = max(int(cfg["total_steps"]) - decay, 0)
+  return optax.join_schedules(
+      [optax.constant_schedule(peak), optax.cosine_decay_schedule(peak, decay)], [hold])
+
+
 def make_optimizer(cfg: Mapping[str, Any]) -> optax.GradientTransformation:
-  """Adam (taming: betas (0.5, 0.9), constant lr), optional global-norm clipping."""
-  adam = optax.adam(cfg["learning_rate"], b1=cfg["adam_b1"], b2=cfg["adam_b2"])
+  """Adam (taming: betas (0.5, 0.9), constant lr unless `lr_decay_steps`), optional global-norm
+  clipping."""
+  adam = optax.adam(learning_rate(cfg), b1=cfg["adam_b1"], b2=cfg["adam_b2"])
   return optax.chain(optax.clip_by_global_norm(cfg["grad_clip"]), adam) if cfg["grad_clip"] else adam
 
 
