@@ -1,8 +1,9 @@
 """paella-serve under load: concurrent clients against a real server, batching against one at a time.
 
 C clients (default 16) each send R generate requests (one image, own seeds) back to back to a
-`python -m paella_jax.serve` on 127.0.0.1, first with batching (--max-batch B, --max-wait-ms W),
-then with --max-batch 1 (one request per sampler call). Reported per run: throughput (requests/s
+`python -m paella_jax.serve` on 127.0.0.1, with batching (--max-batch B, --max-wait-ms W; each
+group padded to one bucket, then split into exact buckets: --bucket-policy pad, split), then with
+--max-batch 1 (one request per sampler call). Reported per run: throughput (requests/s
 over the wall time of all requests), client-side latency p50/p99, the server's sampler calls and
 batch sizes, and where the server's time went (its /metrics stage_ms): per request preparing
 (JSON, arguments, text encoding) and responding (PNGs, sidecars), per sampler call sampling and
@@ -124,8 +125,9 @@ def main():
   with tempfile.TemporaryDirectory() as tmp:
     checkpoint = Path(args.checkpoint) if args.checkpoint else tiny_checkpoints(Path(tmp))
     rows = []
-    for name, flags in [("batched", ["--max-batch", str(args.max_batch), "--max-wait-ms",
-                                     str(args.max_wait_ms)]),
+    batched = ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)]
+    for name, flags in [("batched, pad", batched + ["--bucket-policy", "pad"]),
+                        ("batched, split", batched + ["--bucket-policy", "split"]),
                         ("one at a time", ["--max-batch", "1", "--max-wait-ms", "0"])]:
       row = dict(run=name, **run(checkpoint, os.path.join(tmp, "inputs"), args.clients,
                                   args.requests, flags))
@@ -137,8 +139,10 @@ def main():
             f"{row['respond_ms_per_request']:.1f} ms; "
             f"per call: sample {row['sample_ms_per_call']:.1f} ms, decode "
             f"{row['decode_ms_per_call']:.1f} ms", flush=True)
-  speedup = rows[0]["requests_per_s"] / rows[1]["requests_per_s"]
-  print(f"batching: {speedup:.1f}x the throughput of one request at a time")
+  alone = rows[-1]["requests_per_s"]
+  speedup = {row["run"]: row["requests_per_s"] / alone for row in rows[:-1]}
+  print("batching: " + ", ".join(f"{name} {x:.1f}x" for name, x in speedup.items())
+        + " the throughput of one request at a time")
   write_results("serve_" + ("tiny" if not args.checkpoint else Path(args.checkpoint).name), rows,
                 speedup=speedup)
 

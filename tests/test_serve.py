@@ -48,9 +48,10 @@ class Server:
       except OSError:
         pass
       if self.process.poll() is not None or time.monotonic() > deadline:
-        self.stop()
         self.log.seek(0)
-        raise RuntimeError(f"the server did not start:\n{self.log.read()}")
+        output = self.log.read()
+        self.stop()
+        raise RuntimeError(f"the server did not start:\n{output}")
       time.sleep(0.5)
 
   def get(self, path):
@@ -77,7 +78,7 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tiny_checkpoints, tmp_path_factory):
   running = Server(tiny_checkpoints / "model", tmp_path_factory.mktemp("inputs"),
-                   "--max-batch", "8", "--max-wait-ms", "300")
+                   "--max-batch", "8", "--max-wait-ms", "300", "--bucket-policy", "pad")
   yield running
   running.stop()
 
@@ -130,6 +131,32 @@ def test_concurrent_clients_get_paella_samples_images(server, tiny_checkpoints, 
   sample_main(["replay", str(tmp_path / "served.json"), "--out", str(tmp_path / "replay")])
   np.testing.assert_array_equal(pixels(answers[1][1]["images"][0]),
                                 np.asarray(Image.open(tmp_path / "replay" / "0000.png")))
+
+
+def test_split_calls_give_the_rows_of_one_padded_call(tiny_checkpoints):
+  """A group of 5 rows is one call padded to 8 ("pad") or calls of 4 and 1 ("split", the
+  CPU's default): the same codes and images either way."""
+  from paella_jax.pipeline import Pipeline
+  from paella_jax.serve.batcher import Batcher, Job
+  from paella_jax.serve.metrics import Metrics
+  pipe = Pipeline.from_checkpoint(str(tiny_checkpoints / "model"), batch_size=1)
+  requests = [("a red circle", 2, 1), ("a blue square", 1, 2), ("a green circle", 2, 3)]
+  results, buckets = {}, {}
+  for policy in ("pad", "split"):
+    metrics = Metrics()
+    batcher = Batcher(pipe, metrics, max_batch=8, policy=policy)
+    jobs = [Job(pipe.prepare("generate", prompt, num_images=n, seed=seed), None)
+            for prompt, n, seed in requests]
+    results[policy], buckets[policy] = batcher.sample_jobs(jobs), dict(metrics.buckets)
+    calls = [batcher.calls(rows) for rows in (1, 3, 7, 8)]
+    assert calls == ([[1], [4], [8], [8]] if policy == "pad" else [[1], [2, 1], [4, 2, 1], [8]])
+    batcher.close()
+  assert buckets == {"pad": {8: 1}, "split": {4: 1, 1: 1}}
+  for (codes_pad, images_pad), (codes_split, images_split) in zip(results["pad"],
+                                                                  results["split"]):
+    np.testing.assert_array_equal(codes_pad, codes_split)
+    np.testing.assert_allclose(images_pad, images_split, atol=1e-6)
+  assert [len(codes) for codes, _ in results["split"]] == [2, 1, 2]
 
 
 def test_a_burst_is_batched_and_none_is_lost(server):

@@ -26,6 +26,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="most rows per sampler call (and images per request)")
   parser.add_argument("--max-wait-ms", type=float, default=20.0,
                       help="how long a request waits for others to share its sampler call")
+  parser.add_argument("--bucket-policy", choices=("auto", "pad", "split"), default="auto",
+                      help="a group of rows is one call padded to the next bucket (pad) or calls "
+                           "of exact buckets, 9 rows -> 8 + 1 (split); auto: split on the CPU, "
+                           "where every row costs the same, pad on accelerators")
   parser.add_argument("--timeout-s", type=float, default=120.0,
                       help="a request not answered within this is answered 503")
   parser.add_argument("--inputs-dir", default="serve_inputs",
@@ -50,9 +54,9 @@ def main(argv=None) -> None:
   pipe = Pipeline.from_checkpoint(args.checkpoint, clip=args.clip, vqgan=args.vqgan,
                                   byt5=args.byt5, batch_size=1)
   metrics = Metrics()
-  batcher = Batcher(pipe, metrics, args.max_batch, args.max_wait_ms)
+  batcher = Batcher(pipe, metrics, args.max_batch, args.max_wait_ms, args.bucket_policy)
   batcher.warm_up(pipe.prepare("generate", "", num_images=1, seed=0))
-  print(f"compiled buckets {batcher.buckets}; serving on http://{args.host}:{args.port}", flush=True)
+  print(f"compiled buckets {batcher.buckets} ({batcher.policy}); serving on http://{args.host}:{args.port}", flush=True)
   app = create_app(pipe, batcher, metrics, checkpoint=args.checkpoint, inputs_dir=args.inputs_dir,
                    timeout_s=args.timeout_s)
   uvicorn.run(app, host=args.host, port=args.port, log_level="warning",

@@ -6,8 +6,9 @@ typical filtering on or off, input kind and shapes, conditioning entries and sha
 the ByT5 length too, so no request is padded for another) form a group; a group is sampled when it holds
 `max_batch` rows or when its oldest job has waited `max_wait_s`. The traced settings (cfg,
 temperatures, typical mass) go per row, and every row draws from its own key, so a request gets
-the same codes whatever it is batched with. A call is padded to the next bucket (a power of two
-up to `max_batch`), so that only those batch sizes are ever compiled. Sampling and decoding run in
+the same codes whatever it is batched with. Only the buckets (powers of two up to `max_batch`)
+are ever compiled: a group is either one call padded to the next bucket or, where every row
+costs the same (the CPU), split into exact buckets (9 rows -> 8 + 1; `bucket_policy`). Sampling and decoding run in
 one worker thread, so the event loop keeps answering while the sampler runs.
 """
 
@@ -32,6 +33,17 @@ def buckets(max_batch: int) -> list[int]:
     raise ValueError(f"--max-batch must be >= 1, got {max_batch}")
   sizes = [1 << k for k in range(max_batch.bit_length()) if 1 << k < max_batch]
   return sizes + [max_batch]
+
+
+def bucket_policy(policy: str) -> str:
+  """"pad" (one call per group, padded to the next bucket: on accelerators a call of 16 rows
+  costs little more than one of 9), "split" (exact buckets: on a CPU each row costs the same,
+  so padding is waste) or "auto" (split on the CPU, pad elsewhere)."""
+  if policy == "auto":
+    return "split" if jax.default_backend() == "cpu" else "pad"
+  if policy not in ("pad", "split"):
+    raise ValueError(f"--bucket-policy must be auto, pad or split, got {policy!r}")
+  return policy
 
 
 @dataclasses.dataclass
@@ -70,6 +82,11 @@ def _row_keys(seed_keys, indices) -> jax.Array:
   return jax.vmap(jax.random.fold_in)(jax.random.wrap_key_data(seed_keys), indices)
 
 
+def _pad(x: np.ndarray, size: int) -> np.ndarray:
+  """x (N, ...) with its first row repeated up to `size` rows."""
+  return np.concatenate([x, np.repeat(x[:1], size - len(x), 0)])
+
+
 def _schedule_rows(value, rows: int) -> np.ndarray:
   """A setting that is a number or (start, end) -> (rows, 2) (start, end) per row."""
   pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
@@ -79,9 +96,11 @@ def _schedule_rows(value, rows: int) -> np.ndarray:
 class Batcher:
   """Batches jobs of `pipe` (a `Pipeline`); `metrics` (a `Metrics`) counts calls and compiles."""
 
-  def __init__(self, pipe, metrics, max_batch: int = 16, max_wait_ms: float = 20.0):
+  def __init__(self, pipe, metrics, max_batch: int = 16, max_wait_ms: float = 20.0,
+               policy: str = "auto"):
     self.pipe, self.metrics = pipe, metrics
     self.buckets = buckets(max_batch)
+    self.policy = bucket_policy(policy)
     self.max_batch, self.max_wait_s = max_batch, max_wait_ms / 1e3
     self.queue: asyncio.Queue[Job] = asyncio.Queue()
     self._groups: dict[tuple, list[Job]] = {}
@@ -173,47 +192,67 @@ class Batcher:
       self._groups[key] = rest
     return jobs
 
+  def calls(self, rows: int) -> list[int]:
+    """The bucket of each sampler call for a group of `rows` rows: one call padded to the next
+    bucket ("pad"), or exact buckets, largest first ("split": 9 rows -> 8 + 1)."""
+    if self.policy == "pad":
+      return [next(b for b in self.buckets if b >= rows)]
+    sizes = []
+    while rows:
+      sizes.append(max(b for b in self.buckets if b <= rows))
+      rows -= sizes[-1]
+    return sizes
+
   def sample_jobs(self, jobs: list[Job], record: bool = True) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    """One sampler call for the jobs' rows, padded to a bucket, and one decode of its codes (of
-    the padded rows too, so each bucket decodes with one program); `record` counts the call in
-    the metrics' sampler calls."""
+    """The jobs' rows through the sampler in the calls of `calls`, each padded to its bucket
+    and decoded with one program per bucket (padded rows too); `record` counts the calls in the
+    metrics' sampler calls."""
     first = jobs[0].prepared
     rows = sum(job.rows for job in jobs)
-    bucket = next(b for b in self.buckets if b >= rows)
-    pad = lambda x: np.concatenate([x, np.repeat(x[:1], bucket - len(x), 0)])
-    cat = lambda name: pad(np.concatenate([np.asarray(job.prepared.inputs[name]) for job in jobs]))
-    cat_rows = lambda name: map_rows(pad, concat_rows([getattr(job.prepared, name) for job in jobs]))
+    cat = lambda name: np.concatenate([np.asarray(job.prepared.inputs[name]) for job in jobs])
     seeds = np.concatenate([np.repeat(_seed_key(job.prepared.seed)[None], job.rows, 0)
                             for job in jobs])
     index = np.concatenate([np.arange(job.rows, dtype=np.uint32) for job in jobs])
-    keys = _row_keys(pad(seeds), pad(index))
-    per_row = lambda name: pad(np.concatenate([_schedule_rows(getattr(job.prepared.settings, name),
-                                                              job.rows) for job in jobs]))
+    per_row = lambda name: np.concatenate([_schedule_rows(getattr(job.prepared.settings, name),
+                                                          job.rows) for job in jobs])
     s = first.settings
     kwargs = s.sample_kwargs()
-    kwargs.update(temperature=per_row("temperature"),
-                  cfg=None if s.cfg is None else per_row("cfg"),
-                  typical_mass=None if s.typical_mass is None else per_row("typical_mass")[:, 0])
+    row_args = dict(temperature=per_row("temperature"),
+                    cfg=None if s.cfg is None else per_row("cfg"),
+                    typical_mass=None if s.typical_mass is None else per_row("typical_mass")[:, 0])
     if "init_tokens" in first.inputs:
-      kwargs["init_tokens"] = cat("init_tokens")
+      row_args["init_tokens"] = cat("init_tokens")
       if first.inputs.get("mask") is not None:
-        kwargs["mask"] = cat("mask")
+        row_args["mask"] = cat("mask")
     else:
       kwargs["latent_shape"] = first.inputs["latent_shape"]
-    compile_key = (jobs[0].group, bucket)
-    if compile_key not in self._compiled:
-      self._compiled.add(compile_key)
-      self.metrics.compiles += 1
-    uncond = None if first.uncond is None else cat_rows("uncond")
-    start = time.perf_counter()
-    codes = np.asarray(sample(self.pipe.model, self.pipe.params, cat_rows("cond"), keys,
-                              uncond=uncond, **kwargs))
-    sampled = time.perf_counter()
-    images = None if self._decoders is None else self._decoders[bucket].decode(codes)[:rows]
-    if record:
-      self.metrics.record_call(rows, bucket)
-      self.metrics.record_stage("sample", sampled - start)
-      self.metrics.record_stage("decode", time.perf_counter() - sampled)
+    cond = concat_rows([job.prepared.cond for job in jobs])
+    uncond = None if first.uncond is None else concat_rows([job.prepared.uncond for job in jobs])
+    codes, images, done = [], [], 0
+    for bucket in self.calls(rows):
+      n = min(bucket, rows - done)
+      take = lambda x: _pad(x[done:done + n], bucket)
+      keys = _row_keys(take(seeds), take(index))
+      call_args = {k: None if v is None else take(v) for k, v in row_args.items()}
+      compile_key = (jobs[0].group, bucket)
+      if compile_key not in self._compiled:
+        self._compiled.add(compile_key)
+        self.metrics.compiles += 1
+      start = time.perf_counter()
+      out = np.asarray(sample(self.pipe.model, self.pipe.params, map_rows(take, cond), keys,
+                              uncond=None if uncond is None else map_rows(take, uncond),
+                              **{**kwargs, **call_args}))
+      sampled = time.perf_counter()
+      codes.append(out[:n])
+      if self._decoders is not None:
+        images.append(self._decoders[bucket].decode(out)[:n])
+      if record:
+        self.metrics.record_call(n, bucket)
+        self.metrics.record_stage("sample", sampled - start)
+        self.metrics.record_stage("decode", time.perf_counter() - sampled)
+      done += n
+    codes = np.concatenate(codes)
+    images = np.concatenate(images) if images else None
     outputs, start = [], 0
     for job in jobs:
       end = start + job.rows
