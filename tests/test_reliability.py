@@ -375,6 +375,15 @@ def test_aot_fails_in_one_line(args, expected, tmp_path):
   assert not os.listdir(tmp_path)
 
 
+def test_train_overrides_apply_to_the_default_demo_config(tmp_path):
+  """`python train.py --config.FIELD=...` without --config overrides the demo's config."""
+  code, lines = _run(["train.py", "--config.vqgan.train.total_steps=many",
+                      "--workdir", str(tmp_path / "run")], tmp_path)
+  assert code == 2 and lines[-1].startswith(
+      "error: flag --config.vqgan.train.total_steps=many: invalid literal for int()"), lines[-3:]
+  assert not os.listdir(tmp_path)
+
+
 def _sample_main(argv):
   from paella_jax.commands.sample import main
   return main(argv)

@@ -54,7 +54,7 @@ def test_decayed_rate_moves_the_params_less_at_the_end():
   moves = []
   for _ in range(6):
     new, _ = step(state, {"images": images})
-    moves.append(float(optax.global_norm(jax.tree.map(jnp.subtract, new.params, state.params))))
+    moves.append(float(optax.tree.norm(jax.tree.map(jnp.subtract, new.params, state.params))))
     state = new
   # Adam's steps scale with the rate: 1e-3 up to step 3, then 0.75x and 0.25x of it
   assert moves[5] < 0.5 * moves[2] and moves[4] < moves[3], moves

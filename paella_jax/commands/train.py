@@ -90,5 +90,5 @@ def cli_main(argv: list[str] | None = None, default_config: str = DEMO_CONFIG) -
       raise SystemExit(f"error: no --config given and no {default_config} here; pass "
                        "--config path/to/configs/NAME.py")
     path = default_config
-    argv.append(f"--config={path}")
+    argv.insert(1, f"--config={path}")  # before any --config.FIELD override, which needs it
   run_absl(main, argv)
