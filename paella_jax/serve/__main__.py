@@ -56,7 +56,8 @@ def main(argv=None) -> None:
   metrics = Metrics()
   batcher = Batcher(pipe, metrics, args.max_batch, args.max_wait_ms, args.bucket_policy)
   batcher.warm_up(pipe.prepare("generate", "", num_images=1, seed=0))
-  print(f"compiled buckets {batcher.buckets} ({batcher.policy}); serving on http://{args.host}:{args.port}", flush=True)
+  print(f"compiled buckets {batcher.buckets} ({batcher.policy}); "
+        f"serving on http://{args.host}:{args.port}", flush=True)
   app = create_app(pipe, batcher, metrics, checkpoint=args.checkpoint, inputs_dir=args.inputs_dir,
                    timeout_s=args.timeout_s)
   uvicorn.run(app, host=args.host, port=args.port, log_level="warning",

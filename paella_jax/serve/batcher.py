@@ -8,8 +8,8 @@ the ByT5 length too, so no request is padded for another) form a group; a group 
 temperatures, typical mass) go per row, and every row draws from its own key, so a request gets
 the same codes whatever it is batched with. Only the buckets (powers of two up to `max_batch`)
 are ever compiled: a group is either one call padded to the next bucket or, where every row
-costs the same (the CPU), split into exact buckets (9 rows -> 8 + 1; `bucket_policy`). Sampling and decoding run in
-one worker thread, so the event loop keeps answering while the sampler runs.
+costs the same (the CPU), split into exact buckets (9 rows -> 8 + 1; `bucket_policy`). Sampling
+and decoding run in one worker thread, so the event loop keeps answering while the sampler runs.
 """
 
 from __future__ import annotations
