@@ -31,7 +31,7 @@ from paella_jax.data.scenes import (COLOURS, POSITIONS, SHAPES, all_scenes, held
 from paella_jax.eval.adherence import score, score_seen_and_held_out
 from paella_jax.data.sources import memory_source
 from paella_jax.images import make_grid, save_png, to_uint8
-from paella_jax.training.loop import train as train_paella
+from paella_jax.training.loop import exported_weights, train as train_paella
 from paella_jax.training.vqgan_loop import train_vqgan
 
 CHANCE = {"colour": 1 / len(COLOURS), "shape": 1 / len(SHAPES), "position": 1 / len(POSITIONS),
@@ -87,7 +87,7 @@ def run(config, workdir: str = "runs/demo", progress: bool = True) -> dict:
   state = train_paella(paella_cfg, paella_dir, progress=progress)
   clock.lap("paella")
 
-  report = evaluate(config, state.params, encoder, codec, workdir, byt5)
+  report = evaluate(config, exported_weights(state, paella_cfg), encoder, codec, workdir, byt5)
   clock.lap("evaluate")
   report.update(dataset_analyser_check=data_check, vqgan_reconstruction=reconstruction,
                 chance=CHANCE, minutes=(time.perf_counter() - t0) / 60,

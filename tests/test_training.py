@@ -13,7 +13,7 @@ import torch
 from configs import tiny
 from paella_jax.checkpoint import load_model
 from paella_jax.models.paella import build_model
-from paella_jax.training.loop import train
+from paella_jax.training.loop import exported_weights, train
 from paella_jax.training.step import (drop_conditioning, init_state, learning_rate_schedule,
                                       make_optimizer, make_train_step, smoothed_cross_entropy)
 from tests.conftest import ROOT
@@ -64,6 +64,18 @@ def test_overfits_a_fixed_batch():
   first, last = history[0], history[-20:]
   assert np.mean([m["loss"] for m in last]) < 0.5 * first["loss"]
   assert np.mean([m["accuracy"] for m in last]) > 0.9
+
+
+def test_exported_weights_are_the_ema_when_the_export_asks_for_it():
+  config = tiny.get_config()
+  model = build_model(config.model)
+  raw = init_state(model, make_optimizer(config.train), jax.random.key(0), (8, 8))
+  assert exported_weights(raw, config) is raw.params
+  config.export.weights = "ema"
+  with pytest.raises(ValueError, match="export.weights='ema' needs train.ema_decay > 0"):
+    exported_weights(raw, config)
+  ema = init_state(model, make_optimizer(config.train), jax.random.key(0), (8, 8), ema=True)
+  assert exported_weights(ema, config) is ema.ema_params
 
 
 def small_config(total_steps):

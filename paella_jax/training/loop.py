@@ -205,13 +205,19 @@ def load_initial_params(state: TrainState, ckpt_dir: str, model) -> TrainState:
   return state.replace(params=params, ema_params=ema)
 
 
+def exported_weights(state: TrainState, config):
+  """The params an export writes: the EMA (config.export.weights "ema") or the raw ones."""
+  weights = state.ema_params if config.export.weights == "ema" else state.params
+  if weights is None:
+    raise ValueError("export.weights='ema' needs train.ema_decay > 0")
+  return weights
+
+
 def export_model(state: TrainState, model, out_dir: str, config) -> str | None:
   """Writes an inference checkpoint (config.kind, paella_v1 by default): the EMA or raw
   params (config.export.weights) in config.export.dtype. Every process takes part in
   gathering the sharded params; process 0 writes."""
-  weights = state.ema_params if config.export.weights == "ema" else state.params
-  if weights is None:
-    raise ValueError("export.weights='ema' needs train.ema_decay > 0")
+  weights = exported_weights(state, config)
   dtype = jnp.dtype(config.export.dtype)
   weights = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(dtype), p),
                     out_shardings=jax.sharding.NamedSharding(
