@@ -26,7 +26,7 @@ from paella_jax.data.scenes import IMAGE_SIZE
 from paella_jax.eval.adherence import score_seen_and_held_out
 from paella_jax.images import to_uint8
 
-DEMO_SAMPLES = 288            # 4 per prompt, as the demo's own evaluation
+DEMO_SAMPLES = 1152           # 16 per prompt, as the demo's own evaluation of seen prompts
 DEFAULT_SAMPLES = 30000       # the paper's zero-shot COCO FID
 
 
