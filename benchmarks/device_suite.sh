@@ -6,15 +6,16 @@
 # Steps (paper config unless SUITE_PRESET says otherwise): numerics against the original's
 # fixtures; sampling at batch 1 and 64 in bf16 (the latency and throughput targets); the bf16
 # train step at batch 64 (MFU target); Paella v3 sampling in bf16 at batch 1 and 64 (12 steps
-# with CFG, the compiled sampler's memory recorded); the same v1 sampling in fp32; depthwise-conv forms; the
+# with CFG, the compiled sampler's memory recorded); paella-serve on the tiny model, batching against
+# one request per call; the same v1 sampling in fp32; depthwise-conv forms; the
 # typical filter; the bf16 batch sweep 8-256 with a per-part breakdown (the Fig. 7 plot); VQGAN;
 # the fp32 train step. A step starts only with at least 30 s of the budget left and is stopped
 # when the budget runs out; every benchmark writes its rows as it goes. After each step the
 # result files are packed into OUT_DIR/results.tar.gz (unpack it with `tar xzf ... -C benchmarks`);
 # the log is OUT_DIR/suite.log, the target table OUT_DIR/summary.md: three files in all.
 #
-# Where ml_collections is missing (configs/ need it), wheels in .carry/wheels are installed
-# first; the fixtures are read from SUITE_REFERENCE (default tests/fixtures).
+# Where ml_collections or fastapi is missing (configs/ and paella-serve need them), wheels in
+# .carry/wheels are installed first; the fixtures are read from SUITE_REFERENCE (default tests/fixtures).
 # A dry run on a CPU (what tests/test_benchmarks.py runs):
 #   SUITE_PRESET=tiny SUITE_PRESET_V3=tiny_v3 SUITE_VQGAN=vqgan_tiny SUITE_TYPICAL_SHAPES=256x1024 \
 #     bash benchmarks/device_suite.sh 300 /tmp/suite
@@ -35,11 +36,12 @@ export PAELLA_BENCH_RESULTS="$results" PYTHONUNBUFFERED=1
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}
 log="$out/suite.log"
 
-if ! "$python" -c "import ml_collections" 2>/dev/null; then
+if ! "$python" -c "import ml_collections, fastapi, uvicorn" 2>/dev/null; then
   "$python" -m pip install -q --no-index --no-deps --no-compile --target /tmp/paella_site \
-    .carry/wheels/*.whl || { echo "ml_collections missing and no wheels in .carry/wheels"; exit 1; }
+    .carry/wheels/*.whl || echo "could not install .carry/wheels/*.whl"
   export PYTHONPATH=/tmp/paella_site${PYTHONPATH:+:$PYTHONPATH}
 fi
+"$python" -c "import ml_collections" 2>/dev/null || { echo "ml_collections missing"; exit 1; }
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
   "$python" -c "import jax; print('jax', jax.__version__, jax.devices())"; } | tee "$log"
 
@@ -67,6 +69,7 @@ step "train bf16, batch 64" bench_train.py --config "$preset" --dtype bfloat16 -
   --steps 5 --repeats 3
 step "v3 sampling bf16, batch 1 and 64" bench_sampling.py --config "$preset_v3" --dtype bfloat16 \
   --batch-sizes 1,64 --repeats 3 --memory
+step "serve, tiny model, 16 clients" bench_serve.py --clients 16 --requests 16
 step "sampling fp32, batch 1 and 64" bench_sampling.py --config "$preset" --dtype float32 \
   --batch-sizes 1,64 --repeats 3
 step "depthwise conv forms, bf16" bench_depthwise.py --config "$preset" --dtype bfloat16 --batch 128

@@ -15,11 +15,11 @@ import pytest
 
 from tests.conftest import FIXTURES, ROOT
 
-STEPS = 11
+STEPS = 12
 RESULT_FILES = ("numerics", "sampling_tiny_bfloat16", "sampling_tiny_float32",
-                "sampling_tiny_bfloat16_sweep", "sampling_tiny_v3_bfloat16", "train_tiny_bfloat16", "train_tiny_float32",
-                "depthwise_tiny_bfloat16", "typical_filter", "vqgan_tiny_bfloat16",
-                "vqgan_tiny_float32")
+                "sampling_tiny_bfloat16_sweep", "sampling_tiny_v3_bfloat16", "train_tiny_bfloat16",
+                "train_tiny_float32", "depthwise_tiny_bfloat16", "typical_filter",
+                "vqgan_tiny_bfloat16", "vqgan_tiny_float32", "serve_tiny")
 
 
 @pytest.mark.slow
@@ -28,7 +28,7 @@ def test_device_suite_dry_run_on_cpu(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu", SUITE_PRESET="tiny", SUITE_PRESET_V3="tiny_v3",
              SUITE_VQGAN="vqgan_tiny",
              SUITE_TYPICAL_SHAPES="256x1024", SUITE_REFERENCE=str(FIXTURES), PYTHON="python3")
-  # A budget no step reaches on a loaded CPU either (about 3 minutes alone on 2 cores).
+  # A budget no step reaches on a loaded CPU either (about 5 minutes alone on 2 cores).
   subprocess.run(["bash", "benchmarks/device_suite.sh", "1800", str(out)], cwd=ROOT, env=env,
                  check=True, timeout=2400)
   log = (out / "suite.log").read_text()
@@ -60,7 +60,14 @@ def test_device_suite_dry_run_on_cpu(tmp_path):
   sweep = sorted(row["batch"] for row in results["sampling_tiny_bfloat16_sweep"]["rows"])
   assert sweep == [8, 16, 32, 128, 256]
   assert results["sampling_tiny_bfloat16_sweep"]["breakdown"]
+  serve = {row["run"]: row for row in results["serve_tiny"]["rows"]}
+  assert sorted(serve) == ["batched, pad", "batched, split", "one at a time"]
+  assert all(row["requests"] == 16 * 16 for row in serve.values())  # none lost
+  assert serve["one at a time"]["sampler_calls"] == 256
+  assert all(serve[run]["sampler_calls"] < 256 for run in ("batched, pad", "batched, split"))
+  assert all(x > 0 for x in results["serve_tiny"]["ceiling"].values())
   summary = (out / "summary.md").read_text()
+  assert "| serving: batching speedup over one request per call (tiny model) |" in summary
   assert "| batch-1 latency (ms), bf16 |" in summary and "not measured" in summary  # CPU: no MFU
 
 
