@@ -6,16 +6,17 @@
 # Steps (paper config unless SUITE_PRESET says otherwise): numerics against the original's
 # fixtures; sampling at batch 1 and 64 in bf16 (the latency and throughput targets); the bf16
 # train step at batch 64 (MFU target); Paella v3 sampling in bf16 at batch 1 and 64 (12 steps
-# with CFG, the compiled sampler's memory recorded); paella-serve on the tiny model, batching against
-# one request per call; the same v1 sampling in fp32; depthwise-conv forms; the
-# typical filter; the bf16 batch sweep 8-256 with a per-part breakdown (the Fig. 7 plot); VQGAN;
-# the fp32 train step. A step starts only with at least 30 s of the budget left and is stopped
-# when the budget runs out; every benchmark writes its rows as it goes. After each step the
-# result files are packed into OUT_DIR/results.tar.gz (unpack it with `tar xzf ... -C benchmarks`);
-# the log is OUT_DIR/suite.log, the target table OUT_DIR/summary.md: three files in all.
+# with CFG, the compiled sampler's memory recorded); paella-serve on the tiny model, batching
+# against one request per call; the same v1 sampling in fp32; depthwise-conv forms; the typical
+# filter; the bf16 batch sweep 8-256 with a per-part breakdown (the Fig. 7 plot); VQGAN; the fp32
+# train step. A step starts only with at least 30 s of the budget left and is stopped when the
+# budget runs out; every benchmark writes its rows as it goes. After each step the result files
+# are packed into OUT_DIR/results.tar.gz (unpack it with `tar xzf ... -C benchmarks`); the log is
+# OUT_DIR/suite.log, the target table OUT_DIR/summary.md: three files in all.
 #
-# Where ml_collections or fastapi is missing (configs/ and paella-serve need them), wheels in
-# .carry/wheels are installed first; the fixtures are read from SUITE_REFERENCE (default tests/fixtures).
+# Where ml_collections or fastapi is missing (configs/ and paella-serve need them), the wheels in
+# .carry/wheels (benchmarks/carry_wheels.sh) are installed first; the fixtures are read from
+# SUITE_REFERENCE (default tests/fixtures).
 # A dry run on a CPU (what tests/test_benchmarks.py runs):
 #   SUITE_PRESET=tiny SUITE_PRESET_V3=tiny_v3 SUITE_VQGAN=vqgan_tiny SUITE_TYPICAL_SHAPES=256x1024 \
 #     bash benchmarks/device_suite.sh 300 /tmp/suite
