@@ -4,7 +4,7 @@ Its 64 codes and 8x8 latents match configs/tiny.py's token predictor. Trains on 
 procedural shapes in a few minutes on 2 CPU cores (no discriminator, no perceptual loss).
 """
 
-from configs import vqgan_sber_f8
+from paella_jax.configs import vqgan_sber_f8
 
 
 def get_config():

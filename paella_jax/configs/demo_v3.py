@@ -9,7 +9,7 @@ frozen CLIP. Writes runs/demo_v3: the same report.json as the v1 demo, and paell
 flags (its model.json names the demo's ByT5, CLIP and VQGAN).
 """
 
-from configs import demo, t5_tiny, tiny_v3
+from paella_jax.configs import demo, t5_tiny, tiny_v3
 
 
 def get_config():

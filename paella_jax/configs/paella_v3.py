@@ -13,7 +13,7 @@ import copy
 
 import ml_collections
 
-from configs import byt5_xl
+from paella_jax.configs import byt5_xl
 from paella_jax.sampler_settings import V3_DEFAULTS
 
 

@@ -1,7 +1,7 @@
 """A tiny Paella v3 for tests and quick CPU runs (about 0.2M parameters, 16x16 latents), with a
 tiny random ByT5 encoder (configs/t5_tiny.py, 40-d) run in the train step on byte ids."""
 
-from configs import paella_v3, t5_tiny
+from paella_jax.configs import paella_v3, t5_tiny
 
 
 def get_config():

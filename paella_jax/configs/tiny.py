@@ -1,6 +1,6 @@
 """A tiny token predictor for tests and quick CPU runs (about 0.2M parameters, 8x8 latents)."""
 
-from configs import clip_tiny, paella_v1, vqgan_tiny
+from paella_jax.configs import clip_tiny, paella_v1, vqgan_tiny
 
 
 def get_config():

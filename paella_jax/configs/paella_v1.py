@@ -8,7 +8,7 @@ import copy
 
 import ml_collections
 
-from configs import clip_vit_g14, vqgan_sber_f8
+from paella_jax.configs import clip_vit_g14, vqgan_sber_f8
 from paella_jax.sampler_settings import V1_DEFAULTS
 
 

@@ -14,7 +14,7 @@ about Paella.
 
 import ml_collections
 
-from configs import clip_tiny, tiny, vqgan_tiny
+from paella_jax.configs import clip_tiny, tiny, vqgan_tiny
 
 
 def get_config():
