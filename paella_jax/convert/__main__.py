@@ -1,5 +1,6 @@
 """Command line for the converters: `python -m paella_jax.convert {paella-v1,vqgan,clip,inception} ...`,
-and for the export back to PyTorch: `python -m paella_jax.convert to-torch CHECKPOINT OUT`.
+for the export back to PyTorch: `python -m paella_jax.convert to-torch CHECKPOINT OUT`, and for
+a random CLIP (the demo's text encoder): `python -m paella_jax.convert clip-random OUT`.
 
 Each converter module exposes `add_arguments(parser)` and `run(args)`; they are imported only
 when their subcommand is used. `--from-hub REPO [FILE]` takes the converter's source (its first
@@ -21,6 +22,8 @@ COMMANDS = {
     "t5": ("paella_jax.convert.t5", "T5/ByT5 encoder: Hugging Face dir (e.g. google/byt5-xl)"),
     "inception": ("paella_jax.convert.inception",
                   "FID Inception v3: pytorch-fid's pt_inception-2015-12-05 .pth"),
+    "clip-random": ("paella_jax.convert.clip_random",
+                    "a CLIP with random seeded weights (the demo's text encoder) + tokenizer"),
     "to-torch": ("paella_jax.convert.to_torch",
                  "export: paella-jax checkpoint -> PyTorch .pt/.ckpt/.safetensors or diffusers dir"),
 }
@@ -41,6 +44,9 @@ def main(argv=None):
   module = importlib.import_module(args.module_name)
   cmd_parser = argparse.ArgumentParser(prog=f"python -m paella_jax.convert {args.command}")
   module.add_arguments(cmd_parser)
+  if not getattr(module, "FROM_HUB", True):
+    module.run(cmd_parser.parse_args(rest))
+    return
   source = next(a for a in cmd_parser._actions if not a.option_strings)  # the first positional
   cmd_parser.add_argument(
       HUB_FLAG, metavar="REPO", help=f"take {source.dest.upper()} from this Hugging Face Hub "

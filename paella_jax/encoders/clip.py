@@ -50,6 +50,17 @@ def save_clip(out_dir: str | os.PathLike, model: CLIP, params: Any, tokenizer: C
                                overwrite=overwrite)
 
 
+def save_random_clip(out_dir: str | os.PathLike, config, overwrite: bool = False) -> str:
+  """Writes the CLIP of a config with `random_weights` (configs/clip_tiny.py): `random_clip(
+  config.model, seed=config.seed)` with its tokenizer, as `load_clip` reads it."""
+  if not config.get("random_weights"):
+    raise ValueError("this config names released weights (convert them with paella-convert "
+                     "clip); a random CLIP needs a config with random_weights=True, e.g. clip_tiny")
+  model, params, tokenizer = random_clip(config.model, seed=config.seed)
+  return save_clip(out_dir, model, params, tokenizer, overwrite=overwrite,
+                   meta={"random_weights": True, "seed": config.seed})
+
+
 def load_clip(ckpt_dir: str | os.PathLike, *, text_only: bool = False, dtype: Any = jnp.float32,
               param_dtype: Any = jnp.float32):
   """Reads a directory written by `save_clip`: returns (module, params, tokenizer)."""
