@@ -1,6 +1,6 @@
 """Ahead-of-time compile of the sharded train step for a TPU topology, on any machine.
 
-    python -m paella_jax.aot --config configs/paella_v1.py --topology v5e:16x16 --global-batch 1408
+    python -m paella_jax.aot --config paella_v1 --topology v5e:16x16 --global-batch 1408
 
 Builds the config's mesh over the topology's abstract devices (libtpu, from `jax[tpu]`), lowers
 and compiles the real train step with the config's shardings, and reports per-device memory
@@ -132,7 +132,7 @@ def main(argv):
   del argv
   config = flags.FLAGS.config
   if config is None:
-    raise ValueError("--config is required (a config file, e.g. configs/paella_v1.py)")
+    raise ValueError("--config is required (a preset, e.g. paella_v1, or a config file)")
   if "JAX_PLATFORMS" not in os.environ:
     jax.config.update("jax_platforms", "cpu")  # the host only traces; a local TPU stays free
   devices = tpu_devices(flags.FLAGS.topology, flags.FLAGS.num_slices)
@@ -147,8 +147,12 @@ def main(argv):
 
 def cli_main() -> None:
   """The `paella-aot` command (also `python -m paella_jax.aot`)."""
-  from paella_jax.cli import run_absl
-  run_absl(main, [a.replace("--global-batch", "--global_batch", 1) for a in sys.argv])
+  from paella_jax.cli import DEBUG_FLAG, one_line_errors, run_absl
+  from paella_jax.configs import with_config_file
+  argv = [a.replace("--global-batch", "--global_batch", 1) for a in sys.argv]
+  with one_line_errors(DEBUG_FLAG in argv):
+    argv = with_config_file(argv)  # --config paella_v1: the preset's file
+  run_absl(main, argv)
 
 
 if __name__ == "__main__":

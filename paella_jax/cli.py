@@ -7,7 +7,9 @@ traceback instead. Any other exception is a bug and keeps its traceback. Command
 another library parses (absl's `app.run`: train, aot) wrap their main in `one_line_errors`, and
 load their config file by path with `config_path` and `make_configs_importable` (a config may
 import the configs beside it); `run_absl` does all of that, and turns a flag absl refuses or a
-`--config.FIELD=...` override of a field the config lacks into one line too.
+`--config.FIELD=...` override of a field the config lacks into one line too. Both runners also
+take `--compilation-cache DIR|off` anywhere on the command line and set up the persistent XLA
+compilation cache (on by default; paella_jax/compilation_cache.py) before anything compiles.
 """
 
 from __future__ import annotations
@@ -35,11 +37,22 @@ def one_line_errors(debug: bool = False) -> Iterator[None]:
     raise SystemExit(2) from None
 
 
+def _with_compilation_cache(argv: list[str]) -> list[str]:
+  """Configures the compilation cache from argv's --compilation-cache (or its default) and
+  returns argv without that option."""
+  from paella_jax import compilation_cache
+  argv, setting = compilation_cache.pop_flag(argv)
+  compilation_cache.configure(setting)
+  return argv
+
+
 def run_main(main: Callable[[list[str]], object], argv: Sequence[str] | None = None) -> object:
-  """Calls `main(argv)` (argv without --debug); expected failures exit 2 with one line."""
+  """Calls `main(argv)` (argv without --debug and --compilation-cache); expected failures exit
+  2 with one line."""
   argv = list(sys.argv[1:] if argv is None else argv)
   debug = DEBUG_FLAG in argv
   with one_line_errors(debug):
+    argv = _with_compilation_cache(argv)
     return main([a for a in argv if a != DEBUG_FLAG])
 
 
@@ -54,11 +67,14 @@ def config_path(argv: list[str]) -> str | None:
 
 
 def make_configs_importable(path: str) -> None:
-  """Config files import their siblings as `configs.X`: makes the folder above the `configs`
-  package that holds `path` importable."""
+  """A config file in a package of your own (a folder with __init__.py, e.g. myconfigs/) may
+  import its siblings by that package's name (`from myconfigs import base`): makes the folder
+  above the package importable. Not for a package inside another one: the shipped configs
+  import each other as `paella_jax.configs`, and paella_jax/ itself never goes on sys.path."""
   package = os.path.dirname(os.path.abspath(path))
-  if os.path.isfile(os.path.join(package, "__init__.py")):
-    root = os.path.dirname(package)
+  root = os.path.dirname(package)
+  if (os.path.isfile(os.path.join(package, "__init__.py"))
+      and not os.path.isfile(os.path.join(root, "__init__.py"))):
     if root not in sys.path:
       sys.path.insert(0, root)
 
@@ -84,6 +100,7 @@ def run_absl(main: Callable[[list[str]], object], argv: Sequence[str] | None = N
       raise ValueError(" ".join([f"the config has no field {name} ({overrides})", *hint])) from e
 
   with one_line_errors(DEBUG_FLAG in argv):
+    argv = _with_compilation_cache(argv)
     app.run(main, argv=argv, flags_parser=parse)
 
 

@@ -82,18 +82,18 @@ def test_vqgan_steps_with_restarts_are_deterministic():
 @pytest.mark.slow
 def test_demo_end_to_end_shortened(tmp_path):
   """The real pipeline with fewer steps. Chance: colour 1/6, position 1/4, shape 1/3."""
-  from paella_jax.demo import run
+  from paella_jax.training.end_to_end import run
   config = demo.get_config()
-  config.num_images = 2048
+  config.data.num_images = 2048
   # The demo's recipe, shortened: 2000 steps of batch 8, the last 500 with a decaying rate.
   config.vqgan.train.update(total_steps=2000, lr_decay_steps=500, checkpoint_every=1000)
   config.paella.train.update(total_steps=1500, checkpoint_every=750)
-  config.eval_samples_per_prompt, config.eval_held_out_samples_per_prompt = 2, 3
+  config.eval.update(samples_per_prompt=2, held_out_samples_per_prompt=3)
   report = run(config, str(tmp_path), progress=False)
   assert (tmp_path / "samples" / "grid.png").is_file()
   written = json.load(open(tmp_path / "report.json"))
   assert written["seen"]["count"] == 68 * 2 and written["held_out"]["count"] == 4 * 3
-  assert set(written["stage_minutes"]) == {"data", "vqgan", "prepare", "paella", "evaluate"}
+  assert set(written["stage_minutes"]) == {"vqgan", "prepare", "paella", "evaluate"}
   assert report["seen"]["colour"] > 2 * (1 / 6), report
   assert report["seen"]["position"] > 2 * (1 / 4), report
 
@@ -106,12 +106,12 @@ def test_demo_v3_end_to_end_shortened(tmp_path):
   import subprocess
   import sys
   from configs import demo_v3
-  from paella_jax.demo import run
+  from paella_jax.training.end_to_end import run
   config = demo_v3.get_config()
-  config.num_images = 256
+  config.data.num_images = 256
   config.vqgan.train.update(total_steps=20, restart_until=0)
   config.paella.train.update(total_steps=20, checkpoint_every=20, log_every=10)
-  config.eval_samples_per_prompt = config.eval_held_out_samples_per_prompt = 1
+  config.eval.update(samples_per_prompt=1, held_out_samples_per_prompt=1)
   report = run(config, str(tmp_path), progress=False)
   assert json.load(open(tmp_path / "report.json")) == json.loads(json.dumps(report))
   assert report["seen"]["count"] == 68 and report["held_out"]["count"] == 4

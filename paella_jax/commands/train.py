@@ -1,13 +1,16 @@
-"""Train the Paella token predictor, or run the built-in demo (`paella-train`, `python train.py`).
+"""Train Paella: the whole system, stage 1 (the VQGAN) or stage 2 (the token predictor)
+(`paella-train`, `python train.py`). The config's `job` says which:
 
-    python train.py                       # the demo (configs/demo.py) end to end, in runs/demo
-    paella-train --config configs/tiny.py --workdir runs/tiny
-    paella-train --config configs/paella_v1.py --config.data.source=arrays \
-        --config.data.path=data/encoded.npz --workdir runs/paella_v1
+    paella-train                                    # the demo (--config demo) end to end, runs/demo
+    paella-train --config folder --config.data.path=FOLDER    # the same on your images (pipeline)
+    paella-train --config vqgan_tiny --config.data.path=FOLDER --workdir runs/vqgan    # vqgan
+    paella-train --config tiny --workdir runs/tiny                                      # paella
+    paella-train --config paella_v1 --config.data.source=records \
+        --config.data.path=data/encoded --workdir runs/paella_v1
 
-Any config field can be overridden on the command line (--config.train.total_steps=1000). A
-config file may import the configs beside it (`from configs import tiny`): the folder holding
-its `configs` package is made importable. A config whose `job` is "demo" runs the demo.
+--config takes a preset's name (the configs shipped in paella_jax/configs) or a config file's
+path; a config file of your own builds on the presets (`from paella_jax.configs import tiny`).
+Any config field can be overridden on the command line (--config.train.total_steps=1000).
 
 Multi-host (every host runs the same command): on a TPU pod slice or a cluster JAX detects
 (SLURM, ...) add --multihost; elsewhere name the coordinator and the process:
@@ -19,20 +22,22 @@ exit with status 2; --debug shows the traceback instead.
 
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import flags, logging
 from ml_collections import config_flags
 
-from paella_jax.cli import config_path, run_absl
+from paella_jax.cli import DEBUG_FLAG, config_path, one_line_errors, run_absl
+from paella_jax.configs import with_config_file
 
-DEMO_CONFIG = os.path.join("configs", "demo.py")
+DEFAULT_CONFIG = "demo"
+JOBS = ("pipeline", "vqgan", "paella")
 
-config_flags.DEFINE_config_file("config", None, "Config file (get_config()); default: "
-                                f"{DEMO_CONFIG}, the built-in demo.")
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the model "
-                    "(default: the demo config's workdir, runs/demo; runs/default otherwise).")
+config_flags.DEFINE_config_file("config", None, "A preset's name (tiny, demo, folder, "
+                                "paella_v1, ...) or a config file (get_config()); default: "
+                                f"{DEFAULT_CONFIG}, the built-in demo.")
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the model (default: "
+                    "the config's workdir field, e.g. runs/demo; runs/default without one).")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 flags.DEFINE_bool("multihost", False, "jax.distributed.initialize() from the environment "
                   "(TPU pod slices, SLURM, ...).")
@@ -57,38 +62,33 @@ def initialize_distributed():
 
 def main(argv):
   del argv
-  from paella_jax.cli import one_line_errors
   logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save info lines out of the way
   with one_line_errors(FLAGS.debug):
+    config = FLAGS.config
+    job = config.get("job")
+    if job not in JOBS:
+      raise ValueError(f"the config's job is {job!r}; expected one of {', '.join(JOBS)} (the "
+                       "field `job` of the config: set it, or build on a preset)")
     initialize_distributed()
-    if FLAGS.config.get("job") == "demo":
-      run_demo(FLAGS.config, FLAGS.workdir or FLAGS.config.get("workdir", "runs/demo"))
-      return
-    from paella_jax.training.loop import train
-    train(FLAGS.config, FLAGS.workdir or "runs/default", progress=FLAGS.progress)
+    workdir = FLAGS.workdir or config.get("workdir", "runs/default")
+    if job == "pipeline":
+      from paella_jax.training.end_to_end import run, summary
+      print(summary(config, run(config, workdir, progress=FLAGS.progress), workdir))
+    elif job == "vqgan":
+      from paella_jax.training.vqgan_loop import train_vqgan_job
+      train_vqgan_job(config, workdir, progress=FLAGS.progress)
+      print(f"done: VQGAN written to {workdir}/model")
+    else:
+      from paella_jax.training.loop import train
+      train(config, workdir, progress=FLAGS.progress)
 
 
-def run_demo(config, workdir: str) -> None:
-  from paella_jax import demo
-  report = demo.run(config, workdir, progress=FLAGS.progress)
-  print(f"\ndemo finished in {report['minutes']:.1f} min; samples: {workdir}/samples/grid.png; "
-        f"report: {workdir}/report.json")
-  print("prompt adherence    colour  shape  position  all")
-  for name in ("seen", "held_out"):
-    r = report[name]
-    print(f"  {name:<16}  {r['colour']:6.1%} {r['shape']:6.1%}  {r['position']:7.1%} {r['all']:5.1%}"
-          f"   ({r['count']} images)")
-  print('try: python sample.py --prompt "a blue square in the bottom right"')
-
-
-def cli_main(argv: list[str] | None = None, default_config: str = DEMO_CONFIG) -> None:
-  """Runs the command (argv with the program name first; default sys.argv)."""
+def cli_main(argv: list[str] | None = None, default_config: str = DEFAULT_CONFIG) -> None:
+  """Runs the command (argv with the program name first; default sys.argv). --config NAME
+  takes the preset of that name (paella_jax/configs); without --config, `default_config`."""
   argv = list(sys.argv if argv is None else argv)
-  path = config_path(argv)
-  if path is None:
-    if not os.path.isfile(default_config):
-      raise SystemExit(f"error: no --config given and no {default_config} here; pass "
-                       "--config path/to/configs/NAME.py")
-    path = default_config
-    argv.insert(1, f"--config={path}")  # before any --config.FIELD override, which needs it
+  if config_path(argv) is None:
+    argv.insert(1, f"--config={default_config}")  # before any --config.FIELD override
+  with one_line_errors(DEBUG_FLAG in argv):
+    argv = with_config_file(argv)
   run_absl(main, argv)

@@ -1,5 +1,6 @@
 """The built-in default job (`python train.py` with no arguments): the whole system on CPU.
 
+The recipe of every stage is stated here, once; configs/folder.py runs the same on your images.
 Procedural captioned scenes (paella_jax/data/scenes.py) -> a tiny VQGAN trained from scratch
 (stage 1) -> images encoded to 8x8 codes (out of 64) and captions to embeddings of a tiny CLIP
 text tower with RANDOM frozen weights (seeded) -> a tiny Paella token predictor (stage 2) ->
@@ -19,10 +20,12 @@ from paella_jax.configs import clip_tiny, tiny, vqgan_tiny
 
 def get_config():
   c = ml_collections.ConfigDict()
-  c.job = "demo"  # train.py runs the demo pipeline for this config
-  c.seed = 0
-  c.num_images = 4096
+  c.job = "pipeline"  # paella-train runs every stage (paella_jax/training/end_to_end.py)
+  c.workdir = "runs/demo"  # paella-train's default --workdir for this config
+  c.seed = 0  # the evaluation's samples
   c.vqgan = vqgan_tiny.get_config()
+  c.data = c.vqgan.data  # one section: stage 1, the prepared records and the samples read it
+  c.data.update(source="scenes", num_images=4096, seed=0)
   # Stage 1 has to keep the shapes: many small steps, then a cosine decay of the rate. Batch 8
   # for 4800 steps sees the images of batch 32 for 1200 steps, and keeps 94% of the shapes
   # instead of 46%; more codes (256, with restarts) did less (docs/training.md).
@@ -42,6 +45,7 @@ def get_config():
   # 12 steps, renoising from the previous step's tokens, typical mass 0.5: seen shape 91.3%,
   # against 89.5% in 8 steps and 88.3% renoising from the start noise (the paper's choices).
   c.paella.sampling.update(steps=12, cfg=3.0, typical_mass=0.5, renoise_mode="prev")
-  c.eval_samples_per_prompt = 16             # 1088 images of the 68 seen prompts
-  c.eval_held_out_samples_per_prompt = 32    # 128 images of the 4 held-out prompts
+  c.eval = ml_collections.ConfigDict(dict(
+      samples_per_prompt=16,             # 1088 images of the 68 seen prompts
+      held_out_samples_per_prompt=32))   # 128 images of the 4 held-out prompts
   return c

@@ -14,6 +14,7 @@ from paella_jax.sampler_settings import V1_DEFAULTS
 
 def get_config():
   c = ml_collections.ConfigDict()
+  c.job = "paella"  # paella-train trains this token predictor (stage 2)
   c.model = ml_collections.ConfigDict(dict(
       num_labels=8192, c_hidden=1280, c_clip=1024, c_r=64,
       down_levels=(4, 8, 16), up_levels=(16, 8, 4), dtype="float32", param_dtype="float32",

@@ -19,6 +19,7 @@ from paella_jax.sampler_settings import V3_DEFAULTS
 
 def get_config():
   c = ml_collections.ConfigDict()
+  c.job = "paella"  # paella-train trains this token predictor (stage 2)
   c.kind = "paella_v3"
   c.model = ml_collections.ConfigDict(dict(
       num_labels=8192, c_in=256, c_out=256, c_r=64, patch_size=2, c_cond=1024,

@@ -1,6 +1,8 @@
 """Stage 1: the VQGAN training loop, on the same machinery as the token predictor's.
 
     module, state = train_vqgan(config, images, workdir)
+    module, state = train_vqgan_job(config, workdir)   # on config.data's images: paella-train's
+                                                       # `vqgan` job (configs/vqgan_tiny.py)
 
 Orbax checkpoints in WORKDIR/checkpoints (the whole state: params, optimizer, discriminator,
 step, RNG) with exact resume, metrics to WORKDIR/metrics.jsonl and TensorBoard, a progress
@@ -19,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from paella_jax.data.read import stage1_images
 from paella_jax.encoders.vq import save_vqgan
 from paella_jax.metrics import MetricWriter
 from paella_jax.models.vqgan import check_images, vqgan_from_config
@@ -68,3 +71,9 @@ def train_vqgan(config, images: np.ndarray, workdir: str, progress: bool = True)
     save_vqgan(os.path.join(workdir, "model"), model, jax.device_get(state.params),
                overwrite=True)
   return model, state
+
+
+def train_vqgan_job(config, workdir: str, progress: bool = True):
+  """Trains `config.model` on the images of `config.data` (`paella_jax.data.read`) at
+  config.image_size; returns (module, final state)."""
+  return train_vqgan(config, stage1_images(config.data, config.image_size), workdir, progress)
