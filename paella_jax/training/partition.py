@@ -1,7 +1,7 @@
 """The sharded trainer: mesh, state and batch shardings, sharded init and the jit-compiled step.
 
     trainer = Trainer.create(config)                # mesh over jax.devices()
-    state = trainer.init()                          # each device builds only its shards
+    state = trainer.init()                          # built from shapes, placed in its shards
     state, metrics = trainer.step(state, batch)     # batch: global jax.Arrays (trainer.batch_sharding)
 
 The same object, given a TPU topology's abstract devices, lowers and compiles the identical step
@@ -30,15 +30,17 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding
 
+from paella_jax.init_from_shapes import init_from_shapes
 from paella_jax.models import paella, paella_v3
 from paella_jax.sharding import batch_sharding, logical_shardings, make_mesh, with_logical_rules
-from paella_jax.training.step import TrainState, init_state, make_optimizer, make_train_step
+from paella_jax.training.step import (TrainState, init_params, init_state, make_optimizer,
+                                      make_train_step, state_from_params)
 
 
 @dataclasses.dataclass(frozen=True)
 class Trainer:
   """model, optimizer, mesh, state_shardings (a TrainState of NamedShardings), batch_sharding,
-  `step` (jit-compiled, state donated) and `init(rng) -> TrainState` (jit with out_shardings)."""
+  `step` (jit-compiled, state donated) and `init(rng) -> TrainState`."""
   config: Any
   model: paella.DenoiseUNet | paella_v3.PaellaV3
   optimizer: optax.GradientTransformation
@@ -46,7 +48,7 @@ class Trainer:
   state_shardings: TrainState
   batch_sharding: NamedSharding
   step: Callable[..., Any]
-  _init: Callable[..., Any]
+  _state_from_params: Callable[..., Any]  # jit: (params, rng) -> TrainState, params donated
   text_encoder: Any = None      # v3 on byte ids: the frozen T5Encoder run inside the step
   text_shardings: Any = None    # its parameters' NamedShardings
 
@@ -57,10 +59,8 @@ class Trainer:
     optimizer = make_optimizer(config.train)
     mesh = make_mesh(config.mesh, devices)
     rules = config.sharding.rules
-    init = lambda rng, unbox=True: init_state(model, optimizer, rng, tuple(config.latent_shape),
-                                              ema=config.train.ema_decay > 0, unbox=unbox)
-    boxed = jax.eval_shape(lambda: init(jax.random.key(0), unbox=False))
-    state_shardings = logical_shardings(boxed, mesh, rules)
+    state_shardings = logical_shardings(_state_shapes(model, optimizer, config, unbox=False),
+                                        mesh, rules)
     data = batch_sharding(mesh, rules)
     text, text_shardings = (_text_encoder(config, model, mesh) if v3_text_input(config) == "ids"
                             else (None, None))
@@ -69,8 +69,11 @@ class Trainer:
     step = jax.jit(functools.wraps(train_step)(with_logical_rules(train_step, mesh, rules)),
                    in_shardings=in_shardings,  # every array of a batch: rows split
                    out_shardings=(state_shardings, None), donate_argnums=0)
-    return cls(config, model, optimizer, mesh, state_shardings, data, step,
-               jax.jit(init, out_shardings=state_shardings), text, text_shardings)
+    state_from = jax.jit(
+        lambda params, rng: state_from_params(params, optimizer, rng, config.train.ema_decay > 0),
+        out_shardings=state_shardings, donate_argnums=0)
+    return cls(config, model, optimizer, mesh, state_shardings, data, step, state_from, text,
+               text_shardings)
 
   @functools.cached_property
   def text_args(self) -> tuple:
@@ -100,12 +103,19 @@ class Trainer:
                          shapes, self.text_shardings),)
 
   def init(self, rng: jax.Array | None = None) -> TrainState:
-    """A fresh state, created directly in its shards (no full copy on any one host)."""
-    return self._init(jax.random.key(self.config.train.seed) if rng is None else rng)
+    """A fresh state (the values of `step.init_state`): the parameters from shapes, each placed
+    in its shards as it is drawn (`init_from_shapes`: no compile of the model), then the
+    optimizer state and EMA built in their shards around them."""
+    rng = jax.random.key(self.config.train.seed) if rng is None else rng
+    params_rng, state_rng = jax.random.split(rng)
+    latent_shape = tuple(self.config.latent_shape)
+    params = init_from_shapes(lambda key: init_params(self.model, key, latent_shape), params_rng,
+                              self.state_shardings.params)
+    return self._state_from_params(params, state_rng)
 
   def abstract_state(self) -> TrainState:
     """The state as ShapeDtypeStructs carrying their shardings (for restoring and AOT)."""
-    shapes = jax.eval_shape(self._init, jax.random.key(0))
+    shapes = _state_shapes(self.model, self.optimizer, self.config)
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                         shapes, self.state_shardings)
 
@@ -142,6 +152,13 @@ class Trainer:
     its `cost_analysis()` and `memory_analysis()`."""
     return self.step.lower(self.abstract_state(), self.abstract_batch(batch_size, byt5_length),
                            *self.abstract_text_args()).compile()
+
+
+def _state_shapes(model, optimizer, config, unbox: bool = True) -> TrainState:
+  """The fresh state's ShapeDtypeStructs (boxed with logical axis names unless `unbox`)."""
+  return jax.eval_shape(lambda: init_state(model, optimizer, jax.random.key(0),
+                                           tuple(config.latent_shape),
+                                           ema=config.train.ema_decay > 0, unbox=unbox))
 
 
 def v3_text_input(config) -> str | None:

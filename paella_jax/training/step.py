@@ -1,6 +1,8 @@
 """The token predictor's training step: noising, CFG conditioning dropout, smoothed CE, AdamW.
 
-Pure functions: `init_state` builds a `TrainState`, `make_train_step` returns
+Pure functions: `init_state` builds a `TrainState` (`init_params` + `state_from_params`, which
+`partition.Trainer.init` runs apart so that no program compiles the whole model's initialisers),
+`make_train_step` returns
 `train_step(state, batch) -> (state, metrics)` for the caller to jit (with shardings and
 donation, see `partition.py`). The model's family picks the loss:
   v1 (`DenoiseUNet`): batch {"tokens": int (B, h, w), "clip": float (B, c_clip)}; r ~ U(0, 1),
@@ -62,17 +64,29 @@ def make_optimizer(cfg: Mapping[str, Any]) -> optax.GradientTransformation:
                   eps=cfg["adam_eps"], weight_decay=cfg["weight_decay"]))
 
 
-def init_state(model: nn.Module, optimizer: optax.GradientTransformation, rng: jax.Array,
-               latent_shape: tuple[int, int], ema: bool = False, unbox: bool = True
-               ) -> TrainState:
-  """A fresh TrainState. With unbox=False the parameter-shaped leaves (params, optimizer
-  moments, EMA) stay boxed with their logical axis names, for `nn.get_partition_spec`."""
-  init_rng, rng = jax.random.split(rng)
+def init_params(model: nn.Module, rng: jax.Array, latent_shape: tuple[int, int],
+                unbox: bool = True):
+  """Fresh parameters of the model's family (see `init_state` for `unbox`)."""
   family = paella_v3 if isinstance(model, paella_v3.PaellaV3) else paella
-  params = family.init_params(model, init_rng, latent_shape, unbox)
+  return family.init_params(model, rng, latent_shape, unbox)
+
+
+def state_from_params(params, optimizer: optax.GradientTransformation, rng: jax.Array,
+                      ema: bool = False) -> TrainState:
+  """A TrainState at step 0 around `params`: fresh optimizer state, an EMA copy if `ema`."""
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=optimizer.init(params), rng=rng,
                     ema_params=jax.tree.map(jnp.copy, params) if ema else None)
+
+
+def init_state(model: nn.Module, optimizer: optax.GradientTransformation, rng: jax.Array,
+               latent_shape: tuple[int, int], ema: bool = False, unbox: bool = True
+               ) -> TrainState:
+  """A fresh TrainState: parameters from the first half of `rng` split in two, the state's
+  key the second. With unbox=False the parameter-shaped leaves (params, optimizer moments, EMA)
+  stay boxed with their logical axis names, for `nn.get_partition_spec`."""
+  init_rng, rng = jax.random.split(rng)
+  return state_from_params(init_params(model, init_rng, latent_shape, unbox), optimizer, rng, ema)
 
 
 def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float) -> jax.Array:
