@@ -30,9 +30,10 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import time
 
-from common import (PRESETS, ROOT, load_preset, parse_ints, random_vqgan, time_calls,
-                    write_results)
+from common import (PRESETS, ROOT, init_from_shapes, load_preset, parse_ints, random_vqgan,
+                    time_calls, write_results)
 
 import jax
 import jax.numpy as jnp
@@ -51,12 +52,18 @@ def model_family(config):
 
 
 def build_model(config, abstract: bool = False, seed: int = 0):
-  """(model, params) with random weights; `abstract`: params as ShapeDtypeStructs (no memory)."""
+  """(model, params) with random weights drawn from shapes (printing the seconds it took);
+  `abstract`: params as ShapeDtypeStructs (no memory)."""
   family = model_family(config)
   model = family.build_model(config.model)
   init = lambda key: family.init_params(model, key, config.latent_shape)
   key = jax.random.key(seed)
-  return model, (jax.eval_shape(init, key) if abstract else jax.jit(init)(key))
+  if abstract:
+    return model, jax.eval_shape(init, key)
+  start = time.perf_counter()
+  params = jax.block_until_ready(init_from_shapes(init, key))
+  print(f"random weights drawn from shapes in {time.perf_counter() - start:.1f} s", flush=True)
+  return model, params
 
 
 def init_models(config, vqgan_config, seed: int = 0):

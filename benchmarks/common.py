@@ -2,9 +2,13 @@
 
 Every benchmark writes `benchmarks/results/<name>_<backend>.json` (environment + rows) and
 `<name>_<backend>.csv` (rows only); `PAELLA_BENCH_RESULTS=DIR` writes them to DIR instead.
-Timings are medians of repeated calls after a warm-up call that compiles; the 1-minute load
-average is recorded with every row, because CPU numbers from a shared machine are only
-comparable at similar load.
+Timings are medians of repeated calls after a warm-up call that compiles (its seconds are
+printed the moment it returns, so a run cut short still shows what compiling cost); the
+1-minute load average is recorded with every row, because CPU numbers from a shared machine are
+only comparable at similar load. Every benchmark uses the persistent compilation cache as the
+commands do (`--compilation-cache DIR|off`, $PAELLA_JAX_CACHE; paella_jax/compilation_cache.py):
+a rerun reads its programs back instead of compiling them, so pass `--compilation-cache off` to
+measure a cold compile.
 """
 
 from __future__ import annotations
@@ -28,6 +32,12 @@ if str(ROOT) not in sys.path:
 
 import jax  # noqa: E402  (after the path set-up, so `configs` and `paella_jax` import from ROOT)
 import jaxlib  # noqa: E402
+
+from paella_jax import compilation_cache  # noqa: E402
+from paella_jax.init_from_shapes import init_from_shapes  # noqa: E402
+
+sys.argv, _cache_setting = compilation_cache.pop_flag(sys.argv)
+CACHE = compilation_cache.configure(_cache_setting)
 
 # name -> (config module in configs/, model overrides, latent shape, VQGAN config or None).
 # "cpu_compare" is the setting of the comparison with the original PyTorch sampler: 1024 codes,
@@ -53,10 +63,11 @@ def load_preset(name: str, dtype: str = "float32"):
 
 
 def random_vqgan(vqgan_config, seed: int = 0):
-  """(module, params) of a VQGAN config with random weights (jit-initialised)."""
+  """(module, params) of a VQGAN config with random weights (drawn from shapes)."""
   from paella_jax.models.vqgan import init_params, vqgan_from_config
   vq = vqgan_from_config(vqgan_config.model)
-  params = jax.jit(lambda key: init_params(vq, key, vqgan_config.image_size))(jax.random.key(seed))
+  params = init_from_shapes(lambda key: init_params(vq, key, vqgan_config.image_size),
+                            jax.random.key(seed))
   return vq, params
 
 
@@ -71,6 +82,7 @@ def time_calls(fn: Callable[[], Any], repeats: int) -> dict[str, float]:
   start = time.perf_counter()
   fn()
   first = time.perf_counter() - start
+  print(f"  first call {first:.2f} s", flush=True)
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
@@ -94,7 +106,7 @@ def environment() -> dict[str, Any]:
       jax=jax.__version__, jaxlib=jaxlib.__version__,
       python=platform.python_version(), backend=jax.default_backend(),
       device_kind=device.device_kind, device_count=jax.device_count(), cpu=cpu,
-      cpu_count=os.cpu_count(), load_avg=os.getloadavg(),
+      cpu_count=os.cpu_count(), load_avg=os.getloadavg(), compilation_cache=CACHE,
       flags={k: v for k, v in os.environ.items() if k.startswith(("XLA_", "JAX_", "TF_CPP"))},
       argv=sys.argv)
 
