@@ -112,10 +112,14 @@ def test_concurrent_clients_get_paella_samples_images(server, tiny_checkpoints, 
                    "box": [8, 8, 24, 24]}, ["--image", str(tmp_path / "in.png"),
                                             "--box", "8", "8", "24", "24"]),
   ]
-  calls_before = server.get("/metrics")[1]["sampler_calls"]
+  before = server.get("/metrics")[1]
+  assert server.get("/health")[1]["startup_compile_s"] == before["startup_compile_s"] > 0
   answers = concurrently(lambda r: server.post(f"/v1/{r[0]}", r[1]), requests)
   assert [status for status, _ in answers] == [200] * 3, answers
-  assert server.get("/metrics")[1]["sampler_calls"] - calls_before < 3  # some were batched
+  after = server.get("/metrics")[1]
+  assert after["sampler_calls"] - before["sampler_calls"] < 3  # some were batched
+  # only generation was compiled at start-up: inpainting compiled on its first use
+  assert after["compiles"] > before["compiles"] and after["compile_s"] > before["compile_s"]
   for (mode, body, extra), (_, answer) in zip(requests, answers):
     out = tmp_path / f"{mode}{body['seed']}"
     sample_main([mode, "--checkpoint", str(tiny_checkpoints / "model"), "--prompt", body["prompt"],
@@ -216,5 +220,24 @@ def test_sigterm_answers_the_requests_in_flight(tiny_checkpoints, tmp_path):
       answers = [f.result() for f in futures]
     assert [status for status, _ in answers] == [200] * 6
     assert running.process.wait(timeout=60) in (0, -signal.SIGTERM)  # uvicorn re-raises it
+  finally:
+    running.stop()
+
+
+@pytest.mark.slow  # a second server start-up: a minute on 2 cores
+def test_warm_all_compiles_every_mode_before_serving(tiny_checkpoints, tmp_path):
+  running = Server(tiny_checkpoints / "model", tmp_path, "--max-batch", "2", "--warm-all")
+  try:
+    before = running.get("/metrics")[1]
+    # generate (whose program vary shares: noise + one CLIP embedding), inpaint and edit, at
+    # buckets 1 and 2
+    assert before["compiles"] == 3 * 2 and before["startup_compile_s"] > 0
+    image = (np.random.default_rng(1).random((32, 32, 3)) * 255).astype(np.uint8)
+    for mode, body in [("inpaint", {"prompt": "a", "image": png_base64(image), "box": [0, 0, 8, 8]}),
+                       ("edit", {"prompt": "a", "image": png_base64(image)}),
+                       ("vary", {"image": png_base64(image)})]:
+      status, answer = running.post(f"/v1/{mode}", body)
+      assert status == 200, answer
+    assert running.get("/metrics")[1]["compiles"] == before["compiles"]  # nothing compiled late
   finally:
     running.stop()

@@ -3,14 +3,21 @@
     python -m paella_jax.serve --checkpoint ckpts/paella_v1 --port 8000 --max-batch 16
 
 The server listens once the models are loaded and every bucket (powers of two up to --max-batch)
-is compiled for generation with the model's default settings. SIGTERM (or Ctrl-C) stops
-accepting connections, answers the requests already received, then exits.
+is compiled for generation with the model's default settings; the other modes compile a bucket
+on its first use, or at start-up too with --warm-all (inpaint, edit and, with a CLIP vision
+tower, vary, at the model's image size and default settings). /health and /metrics report the
+start-up compile seconds; with the persistent compilation cache warm (a restart), they are the
+seconds of reading the programs back. SIGTERM (or Ctrl-C) stops accepting connections, answers
+the requests already received, then exits.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import time
+
+import numpy as np
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -32,6 +39,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                            "where every row costs the same, pad on accelerators")
   parser.add_argument("--timeout-s", type=float, default=120.0,
                       help="a request not answered within this is answered 503")
+  parser.add_argument("--warm-all", action="store_true",
+                      help="also compile inpaint, edit and vary at start-up (default: on first "
+                           "use)")
   parser.add_argument("--inputs-dir", default="serve_inputs",
                       help="where uploaded images are kept (sidecars name them, for replay)")
   args = parser.parse_args(argv)
@@ -40,6 +50,24 @@ def parse_args(argv=None) -> argparse.Namespace:
   args.checkpoint = os.path.abspath(args.checkpoint)
   args.inputs_dir = os.path.abspath(args.inputs_dir)
   return args
+
+
+def warm_up_requests(pipe, every_mode: bool) -> list:
+  """The prepared requests whose groups are compiled before serving: generation, and with
+  `every_mode` inpainting, editing and (where the CLIP has a vision tower) variations of a grey
+  image at the model's size."""
+  requests = [pipe.prepare("generate", "", num_images=1, seed=0)]
+  if every_mode and pipe.has_codec:
+    factor = pipe.codec.module.factor
+    h, w = (side * factor for side in pipe.latent_shape)
+    image = np.full((h, w, 3), 0.5, np.float32)
+    requests += [pipe.prepare("inpaint", image, "", box=(0, 0, h // 2, w // 2)),
+                 pipe.prepare("edit", image, "")]
+    try:
+      requests.append(pipe.prepare("vary", image))
+    except ValueError:  # no vision tower: the mode answers 400 anyway
+      pass
+  return requests
 
 
 def main(argv=None) -> None:
@@ -55,9 +83,13 @@ def main(argv=None) -> None:
                                   byt5=args.byt5, batch_size=1)
   metrics = Metrics()
   batcher = Batcher(pipe, metrics, args.max_batch, args.max_wait_ms, args.bucket_policy)
-  batcher.warm_up(pipe.prepare("generate", "", num_images=1, seed=0))
-  print(f"compiled buckets {batcher.buckets} ({batcher.policy}); "
-        f"serving on http://{args.host}:{args.port}", flush=True)
+  start = time.perf_counter()
+  for prepared in warm_up_requests(pipe, args.warm_all):
+    batcher.warm_up(prepared)
+  metrics.startup_compile_s = time.perf_counter() - start
+  print(f"compiled buckets {batcher.buckets} ({batcher.policy}) in "
+        f"{metrics.startup_compile_s:.1f} s; serving on http://{args.host}:{args.port}",
+        flush=True)
   app = create_app(pipe, batcher, metrics, checkpoint=args.checkpoint, inputs_dir=args.inputs_dir,
                    timeout_s=args.timeout_s)
   uvicorn.run(app, host=args.host, port=args.port, log_level="warning",

@@ -124,7 +124,8 @@ def create_app(pipe, batcher: Batcher, metrics: Metrics, *, checkpoint: str, inp
 
   @app.get("/health")
   async def health():
-    return {"status": "ok", "buckets": batcher.buckets, "model": pipe.model_id}
+    return {"status": "ok", "buckets": batcher.buckets, "model": pipe.model_id,
+            "startup_compile_s": round(metrics.startup_compile_s, 3)}
 
   @app.get("/metrics")
   async def get_metrics():

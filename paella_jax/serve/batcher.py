@@ -235,9 +235,7 @@ class Batcher:
       keys = _row_keys(take(seeds), take(index))
       call_args = {k: None if v is None else take(v) for k, v in row_args.items()}
       compile_key = (jobs[0].group, bucket)
-      if compile_key not in self._compiled:
-        self._compiled.add(compile_key)
-        self.metrics.compiles += 1
+      compiles = compile_key not in self._compiled
       start = time.perf_counter()
       out = np.asarray(sample(self.pipe.model, self.pipe.params, map_rows(take, cond), keys,
                               uncond=None if uncond is None else map_rows(take, uncond),
@@ -246,6 +244,9 @@ class Batcher:
       codes.append(out[:n])
       if self._decoders is not None:
         images.append(self._decoders[bucket].decode(out)[:n])
+      if compiles:  # this group's first call at this bucket: compiled its sampler and decode
+        self._compiled.add(compile_key)
+        self.metrics.record_compile(time.perf_counter() - start)
       if record:
         self.metrics.record_call(n, bucket)
         self.metrics.record_stage("sample", sampled - start)
