@@ -9,6 +9,10 @@ none), e.g.
   git show e5e3ba1:modules.py > /tmp/paella_original/modules.py
   python benchmarks/bench_original.py --original /tmp/paella_original
 
+On a GPU, `--device cuda --precision bf16` runs the original there under
+torch.autocast(bfloat16) against the jit sampler in bfloat16 on the same GPU (the paper model:
+`--codes 8192 --c-hidden 1280 --latent 32 --batch 1` and `--batch 64`; token sampling only).
+
 A random-init original `DenoiseUNet` is converted with `paella_v1_from_torch`, so both samplers
 run the same weights (checked: one forward pass of each on the same input). Both run T steps with
 classifier-free guidance and typical filtering; the two are timed alternately, repeat after
@@ -67,31 +71,41 @@ def setup_v1(args, torch):
   """(original sampler, jit sampler, settings, parameter count, forward max |diff|) for v1."""
   modules, utils = import_original(args.original)
   torch.manual_seed(0)
+  device = torch.device(args.device)
   torch_model = modules.DenoiseUNet(num_labels=args.codes, c_hidden=args.c_hidden).eval()
   model, params = paella_v1_from_torch(torch_model.state_dict())
+  torch_model = torch_model.to(device)
+  if args.precision == "bf16":
+    model = model.clone(dtype=jnp.bfloat16)  # float32 weights, bf16 compute: as autocast
   params = jax.device_put(params)
   batch, size = args.batch, (args.latent, args.latent)
   clip_np = np.random.default_rng(0).standard_normal((batch, model.c_clip), dtype=np.float32)
-  clip_torch, clip = torch.from_numpy(clip_np), jnp.asarray(clip_np)
+  clip_torch, clip = torch.from_numpy(clip_np).to(device), jnp.asarray(clip_np)
+  autocast = lambda: torch.autocast(device.type, torch.bfloat16, enabled=args.precision == "bf16")
 
   tokens = np.random.default_rng(1).integers(0, args.codes, (batch, *size))
   r = np.full((batch,), 0.5, np.float32)
-  with torch.inference_mode():
-    expected = torch_model(torch.from_numpy(tokens), clip_torch, torch.from_numpy(r)).numpy()
+  with torch.inference_mode(), autocast():
+    expected = torch_model(torch.from_numpy(tokens).to(device), clip_torch,
+                           torch.from_numpy(r).to(device)).float().cpu().numpy()
   got = np.asarray(model.apply({"params": params}, jnp.asarray(tokens, jnp.int32), clip,
                                jnp.asarray(r)))
 
   def run_original():
-    return utils.sample(torch_model, clip_torch, T=args.steps, size=size,
-                        classifier_free_scale=args.cfg, typical_filtering=True,
-                        typical_mass=args.typical_mass, renoise_steps=args.steps - 1)
+    with autocast():
+      codes = utils.sample(torch_model, clip_torch, T=args.steps, size=size,
+                           classifier_free_scale=args.cfg, typical_filtering=True,
+                           typical_mass=args.typical_mass, renoise_steps=args.steps - 1)
+    if device.type == "cuda":
+      torch.cuda.synchronize()  # time the work, not its launch
+    return codes
 
   def run_jit():
     return sample(model, params, clip, jax.random.key(0), steps=args.steps, cfg=args.cfg,
                   typical_mass=args.typical_mass, latent_shape=size).block_until_ready()
 
   settings = dict(c_hidden=args.c_hidden, steps=args.steps, cfg=args.cfg,
-                  typical_mass=args.typical_mass)
+                  typical_mass=args.typical_mass, device=args.device, precision=args.precision)
   return run_original, run_jit, settings, count_params(params), _max_diff(got, expected)
 
 
@@ -167,9 +181,17 @@ def main():
   parser.add_argument("--torch-threads", type=parse_ints, default=[1, os.cpu_count()],
                       help="PyTorch intra-op thread counts to try (on a loaded machine one "
                       "thread is often the original's fastest)")
+  parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                      help="where the original runs (v1); the jit sampler runs on JAX's default "
+                      "backend, the same GPU when there is one")
+  parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                      help="bf16 (v1): the original under torch.autocast(bfloat16), the jit "
+                      "model with bfloat16 compute; both keep float32 weights")
   parser.add_argument("--name", default=None, help="default original_vs_jit[_v3]")
   args = parser.parse_args()
   v3 = args.family == "v3"
+  if v3 and (args.device != "cpu" or args.precision != "fp32"):
+    parser.error("--device cuda and --precision bf16 compare Paella v1 (--family v1)")
   args.steps = args.steps or (12 if v3 else 8)
   args.cfg = args.cfg if args.cfg is not None else (8.0 if v3 else 5.0)
   args.name = args.name or ("original_vs_jit_v3" if v3 else "original_vs_jit")

@@ -14,6 +14,10 @@
 # are packed into OUT_DIR/results.tar.gz (unpack it with `tar xzf ... -C benchmarks`); the log is
 # OUT_DIR/suite.log, the target table OUT_DIR/summary.md: three files in all.
 #
+# With SUITE_ORIGINAL=DIR (the original's modules.py and utils.py, see bench_original.py) and a
+# CUDA torch, the original sampler runs on the same GPU under bf16 autocast after the serve step.
+# Every step shares one persistent compilation cache ($PAELLA_JAX_CACHE) and prints each
+# first call's seconds the moment it returns, so a step cut by the budget still shows its compile.
 # Where ml_collections or fastapi is missing (configs/ and paella-serve need them), the wheels in
 # .carry/wheels (benchmarks/carry_wheels.sh) are installed first; the fixtures are read from
 # SUITE_REFERENCE (default tests/fixtures).
@@ -35,6 +39,9 @@ results=$(mktemp -d)/results  # outside OUT_DIR, which gets three files however 
 mkdir -p "$out" "$results"
 export PAELLA_BENCH_RESULTS="$results" PYTHONUNBUFFERED=1
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}
+# One persistent compilation cache for every step: a program compiled by one step (or by an
+# earlier run of the suite on the same machine) is read back by the next instead of compiled.
+export PAELLA_JAX_CACHE=${PAELLA_JAX_CACHE:-/tmp/paella_suite_xla_cache}
 log="$out/suite.log"
 
 if ! "$python" -c "import ml_collections, fastapi, uvicorn" 2>/dev/null; then
@@ -71,6 +78,14 @@ step "train bf16, batch 64" bench_train.py --config "$preset" --dtype bfloat16 -
 step "v3 sampling bf16, batch 1 and 64" bench_sampling.py --config "$preset_v3" --dtype bfloat16 \
   --batch-sizes 1,64 --repeats 3 --memory
 step "serve, tiny model, 16 clients" bench_serve.py --clients 16 --requests 16
+if [ -n "${SUITE_ORIGINAL:-}" ] && "$python" -c "import torch; assert torch.cuda.is_available()" \
+    2>/dev/null; then  # the original PyTorch sampler on the same GPU, paper v1, bf16 autocast
+  for b in 1 64; do
+    step "original vs jit, cuda bf16, batch $b" bench_original.py --original "$SUITE_ORIGINAL" \
+      --device cuda --precision bf16 --codes 8192 --c-hidden 1280 --latent 32 --batch "$b" \
+      --repeats 3 --torch-threads 1 --name "original_vs_jit_cuda_bf16_b$b"
+  done
+fi
 step "sampling fp32, batch 1 and 64" bench_sampling.py --config "$preset" --dtype float32 \
   --batch-sizes 1,64 --repeats 3
 step "depthwise conv forms, bf16" bench_depthwise.py --config "$preset" --dtype bfloat16 --batch 128
