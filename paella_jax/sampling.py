@@ -23,7 +23,8 @@ import numpy as np
 from paella_jax.models.paella import DenoiseUNet
 from paella_jax.models.paella_v3 import PaellaV3
 from paella_jax.noise import noise_level, replace_tokens
-from paella_jax.sampler_settings import V1_DEFAULTS, V3_DEFAULTS, SamplerSettings
+from paella_jax import families
+from paella_jax.sampler_settings import SamplerSettings
 
 # Raised whenever the same key, settings and weights give other codes (sidecars record it, and
 # `sample.py replay` refuses a sidecar of another version). 2: the two-stage draw. 3: one key per
@@ -170,7 +171,7 @@ class _PaellaV1:
   """v1: conditioning a CLIP array (pooled or spatial), uncond = zeros; step i runs at r = i / T
   (0 = noise) and renoises with probability cos(pi r_{i+1} / 2)."""
   model: DenoiseUNet
-  defaults = V1_DEFAULTS
+  kind = "paella_v1"
 
   @property
   def latent_factor(self) -> int:
@@ -216,7 +217,7 @@ class _PaellaV3:
   With guidance, both halves go through one batched forward when they have the same entries
   (ByT5 sequences of different lengths are padded and masked); otherwise two forwards."""
   model: PaellaV3
-  defaults = V3_DEFAULTS
+  kind = "paella_v3"
 
   @property
   def latent_factor(self) -> int:
@@ -290,6 +291,9 @@ class _PaellaV3:
     return self._forward(params)(x, cond, r)
 
 
+_SAMPLERS = {sampler.kind: sampler for sampler in (_PaellaV1, _PaellaV3)}
+
+
 def _pad_byt5(cond: dict, length: int) -> dict:
   """The entries with byt5 zero-padded to `length` tokens and a byt5_mask marking the real ones."""
   byt5 = cond["byt5"]
@@ -300,12 +304,8 @@ def _pad_byt5(cond: dict, length: int) -> dict:
 
 
 def _family(model):
-  if isinstance(model, DenoiseUNet):
-    return _PaellaV1(model)
-  if isinstance(model, PaellaV3):
-    return _PaellaV3(model)
-  raise TypeError(f"no sampler for {type(model).__name__}: expected a DenoiseUNet (Paella v1) "
-                  "or a PaellaV3")
+  """The sampler's arithmetic for the model's family (`paella_jax.families`)."""
+  return _SAMPLERS[families.of_model(model).kind](model)
 
 
 @partial(jax.jit, static_argnames=("family", "steps", "renoise_mode", "typical_min_tokens",
@@ -352,6 +352,17 @@ def _sample_loop(family, params, conditioning, rng, init_tokens, init_noise_mask
   return jax.lax.fori_loop(start_step, steps, step, init_x)
 
 
+def row_keys(seed: int, count: int) -> jax.Array:
+  """The PRNG keys of a seed's rows 0 .. count - 1: fold_in(key(seed), i), (count,).
+
+  Every caller that samples a request (the pipeline, the server's batches) gives row i of a
+  request seeded `seed` this key, so a row's codes depend only on its own key: the same seed
+  and settings give the same images whatever else is sampled in the same batch.
+  """
+  return jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(seed),
+                                                  np.arange(count, dtype=np.uint32))
+
+
 def _split(rng: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Two keys from one key, or two (B,) batches of keys from a (B,) batch (row by row)."""
   keys = jax.vmap(jax.random.split)(rng) if rng.ndim == 1 else jax.random.split(rng)
@@ -367,29 +378,25 @@ def _draw(rng: jax.Array, fn, *batch: jax.Array) -> jax.Array:
   return jax.vmap(lambda key, *row: fn(key, *(a[None] for a in row))[0])(rng, *batch)
 
 
-def _per_row(value, batch: int, name: str) -> jax.Array:
-  """A number or a (B,) array (one number per row) -> (B,) float32."""
-  if isinstance(value, (tuple, list)) or np.ndim(value) > 1 or np.size(value) not in (1, batch):
-    raise ValueError(f"{name} must be a number or a ({batch},) array of one number per row, "
-                     f"got {value!r}")
-  return jnp.broadcast_to(jnp.asarray(value, jnp.float32).reshape(-1), (batch,))
-
-
-def _schedule(value, batch: int, steps: int, name: str) -> jax.Array:
-  """Per-row linear schedules over the steps, (B, T) float32, from a number, a (start, end)
-  tuple or list, a (B,) array (one number per row) or a (B, 2) array (one schedule per row)."""
-  if isinstance(value, (tuple, list)):
-    value = np.asarray(value, np.float32)
-    if value.shape != (2,):
-      raise ValueError(f"{name} as a tuple must be (start, end), got {value!r}")
-  elif np.ndim(value) == 2:
-    value = np.asarray(value, np.float32)
-    if value.shape != (batch, 2):
-      raise ValueError(f"{name} schedules per row must be ({batch}, 2), got {value.shape}")
-  else:
-    value = np.repeat(np.asarray(_per_row(value, batch, name))[:, None], 2, axis=1)
-  ends = np.broadcast_to(value, (batch, 2))
+def _schedules(value, batch: int, steps: int, name: str) -> jax.Array:
+  """A validated setting (see `SamplerSettings`) as per-row linear schedules over the steps,
+  (B, T) float32: a number, a (start, end) tuple, a (B,) array (one number per row) or a (B, 2)
+  array (one schedule per row)."""
+  ends = np.asarray(value, np.float32)
+  if isinstance(value, np.ndarray):
+    if ends.shape[0] != batch:
+      raise ValueError(f"{name} has {ends.shape[0]} rows, the batch {batch}")
+    ends = ends.reshape(batch, -1)
+  ends = np.broadcast_to(ends, (batch, 2))
   return jnp.linspace(ends[:, 0], ends[:, 1], steps, axis=-1, dtype=jnp.float32)
+
+
+def _masses(value, batch: int) -> jax.Array:
+  """typical_mass (a number, a (B,) array, or None = off) -> (B,) float32."""
+  masses = np.asarray(1.0 if value is None else value, np.float32).reshape(-1)
+  if masses.shape[0] not in (1, batch):
+    raise ValueError(f"typical_mass has {masses.shape[0]} rows, the batch {batch}")
+  return jnp.broadcast_to(masses, (batch,))
 
 
 def _as_token_array(tokens, name: str, shape: tuple[int, ...], num_labels: int) -> jax.Array:
@@ -413,46 +420,10 @@ def _as_mask(mask, shape: tuple[int, ...]) -> jax.Array:
   return jnp.asarray(mask, bool)
 
 
-def _check_host_settings(steps, cfg, typical_mass, typical_min_tokens, temperature,
-                         renoise_mode, start_step) -> None:
-  """SamplerSettings' checks on the settings given as Python or numpy values (arrays of one
-  value or schedule per row through their extremes, a (start, end) pair as it is); values of
-  other types (traced or device arrays) are left alone."""
-  host = lambda value: isinstance(value, (int, float, list, tuple, np.ndarray, np.generic))
-  integer = lambda value: int(value) if isinstance(value, np.integer) else value
-
-  def values(value):
-    if value is None or not host(value):
-      return None
-    array = np.asarray(value, np.float64)
-    if array.shape == (2,):
-      return tuple(array.tolist())
-    return (float(array.min()), float(array.max())) if array.size else None
-
-  masses = values(typical_mass)
-  settings = SamplerSettings(
-      steps=integer(steps), cfg=values(cfg), typical_mass=masses and masses[0],
-      typical_min_tokens=integer(typical_min_tokens),
-      temperature=values(temperature) or (1.0, 1.0), renoise_mode=renoise_mode,
-      start_step=integer(start_step) if host(start_step) else 0)
-  if masses:
-    dataclasses.replace(settings, typical_mass=masses[1])
-
-
-class _FamilyDefault:
-  def __repr__(self):
-    return "<the model family's default>"
-
-
-FAMILY_DEFAULT: Any = _FamilyDefault()
-
-
-def sample(model, params, cond, rng, steps: int | None = None, cfg=FAMILY_DEFAULT,
-           typical_mass=FAMILY_DEFAULT, typical_min_tokens: int = 1,
-           temperature: Sequence[float] | None = None, latent_shape: Sequence[int] = (32, 32),
-           renoise_mode: str = "start", renoise_steps: int | None = None,
-           init_tokens=None, mask=None, start_step: int = 0, uncond=None,
-           sampling_conditional_steps: int | None = None) -> jax.Array:
+def sample(model, params, cond, rng, settings: SamplerSettings | None = None, *,
+           latent_shape: Sequence[int] = (32, 32), init_tokens=None, mask=None, uncond=None,
+           renoise_steps: int | None = None, sampling_conditional_steps: int | None = None,
+           **overrides) -> jax.Array:
   """Samples token maps with Paella's sampler (v1 or v3). Returns (B, h, w) int32 codes.
 
   Args:
@@ -463,38 +434,33 @@ def sample(model, params, cond, rng, steps: int | None = None, cfg=FAMILY_DEFAUL
     rng: PRNG key, or (B,) keys, one per row: then every random draw (initial noise, codes,
       renoising) of a row comes from its own key, so a row's codes do not depend on the other
       rows in the batch. The same keys and settings give the same tokens.
-    steps: T, number of steps (default v1: 8, v3: 12). v1's step i runs at r = i / T, v3's at
-      noise level t_i = 1 - i / T.
-    cfg: classifier-free guidance weight w (uncond + w (cond - uncond)): a number, a (start,
-      end) tuple of a linear schedule over the T steps, a (B,) array (one weight per row) or a
-      (B, 2) array (one schedule per row); None disables it (default v1: 5, v3: (8, 8)).
-    typical_mass, typical_min_tokens: locally typical filtering (typical_mass: one mass or a
-      (B,) array); typical_mass None disables it (default v1: 0.2, v3: off).
-    temperature: (start, end) of the linear temperature schedule over the T steps, or (B, 2):
-      one schedule per row (default v1: (1, 1), v3: (0.7, 0.3)); 0 means the argmax.
+    settings: a `SamplerSettings` (default: the model family's, `Family.sampler_defaults`):
+      steps T (v1's step i runs at r = i / T, v3's at noise level t_i = 1 - i / T); cfg, the
+      guidance weight w (uncond + w (cond - uncond)), None = off; typical_mass and
+      typical_min_tokens of locally typical filtering (mass None = off); temperature (start,
+      end) over the steps (0 = argmax); renoise_mode: after each step but the last
+      `T - renoise_steps`, tokens revert to the initial noise ('start'), to the step's input
+      ('prev') or to fresh random codes ('rand'), with probability cos(pi r_{i+1} / 2) (v1) or
+      t_{i+1} (v3); start_step: the first step to run (T returns the start tokens). cfg,
+      temperature and typical_mass may hold one value per row (see `SamplerSettings`); they
+      are traced, so changing them never recompiles.
+    **overrides: fields of `settings` replaced (`steps=8, cfg=5.0, typical_mass=None, ...`;
+      None turns cfg or typical filtering off).
     latent_shape: (h, w) when `init_tokens` is None.
-    renoise_mode: after each step but the last `T - renoise_steps`, tokens revert to the initial
-      noise ('start'), to the step's input ('prev') or to fresh random codes ('rand'), with
-      probability cos(pi r_{i+1} / 2) (v1) or t_{i+1} (v3).
-    renoise_steps: number of steps followed by renoising (default T - 1).
     init_tokens: (B, h, w) codes to start from. With `mask`, the masked tokens start as noise;
       without it, sampling starts from these tokens as they are (structural editing: pass
-      already-noised tokens and a `start_step`).
+      already-noised tokens and a start_step).
     mask: (B, h, w) 1 = regenerate, 0 = keep `init_tokens` (inpainting, outpainting).
-    start_step: first step to run (0 <= start_step <= T); T returns the start tokens.
     uncond: v3 only: the unconditional conditioning for guidance, a dict like `cond` (the
       original: the empty prompt's ByT5 and CLIP text, no image); entries with batch 1 apply to
       every row. v1 guides with zero conditioning (uncond must be None).
+    renoise_steps: number of steps followed by renoising (default T - 1).
     sampling_conditional_steps: guidance for the first this many steps only, then the
       conditional logits alone (default: every step).
   """
   family = _family(model)
-  steps = family.defaults["steps"] if steps is None else steps
-  cfg = family.defaults["cfg"] if cfg is FAMILY_DEFAULT else cfg
-  typical_mass = family.defaults["typical_mass"] if typical_mass is FAMILY_DEFAULT else typical_mass
-  temperature = family.defaults["temperature"] if temperature is None else temperature
-  _check_host_settings(steps, cfg, typical_mass, typical_min_tokens, temperature, renoise_mode,
-                       start_step)
+  settings = (settings or SamplerSettings.for_family(family.kind)).replace(**overrides)
+  steps = settings.steps
   conditioning, batch = family.check(cond, uncond)
   if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
     rng = jax.random.wrap_key_data(rng)
@@ -518,21 +484,20 @@ def sample(model, params, cond, rng, steps: int | None = None, cfg=FAMILY_DEFAUL
   factor = family.latent_factor
   if shape[1] % factor or shape[2] % factor:
     raise ValueError(f"latent size {shape[1:]} must be divisible by {factor}")
-  temperature = np.asarray(temperature, np.float32)
-  if temperature.shape not in ((2,), (batch, 2)):
+  if np.ndim(settings.temperature) == 2 and np.shape(settings.temperature)[0] != batch:
     raise ValueError(f"temperature must be (start, end) or ({batch}, 2), got shape "
-                     f"{temperature.shape}")
+                     f"{np.shape(settings.temperature)}")
   # (B, T); a temperature of 0 means the argmax
-  temperature = tuple(temperature) if temperature.shape == (2,) else temperature
-  temperatures = jnp.maximum(_schedule(temperature, batch, steps, "temperature"), 1e-10)
+  temperatures = jnp.maximum(_schedules(settings.temperature, batch, steps, "temperature"), 1e-10)
+  cfg, typical_mass = settings.cfg, settings.typical_mass
   return _sample_loop(
       family, params, conditioning, rng, init_tokens, init_noise_mask, mask,
-      jnp.asarray(start_step, jnp.int32),
-      _schedule(cfg if cfg is not None else 0.0, batch, steps, "cfg"),
-      _per_row(typical_mass if typical_mass is not None else 1.0, batch, "typical_mass"),
-      temperatures,
+      jnp.asarray(settings.start_step, jnp.int32),
+      _schedules(0.0 if cfg is None else cfg, batch, steps, "cfg"),
+      _masses(typical_mass, batch), temperatures,
       jnp.asarray(steps - 1 if renoise_steps is None else renoise_steps, jnp.int32),
-      steps=steps, renoise_mode=renoise_mode, typical_min_tokens=typical_min_tokens,
-      use_cfg=cfg is not None, use_typical=typical_mass is not None,
+      steps=steps, renoise_mode=settings.renoise_mode,
+      typical_min_tokens=settings.typical_min_tokens, use_cfg=cfg is not None,
+      use_typical=typical_mass is not None,
       conditional_steps=steps if sampling_conditional_steps is None
       else min(int(sampling_conditional_steps), steps))

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from paella_jax.commands.sample import main as sample_main
-from paella_jax.pipeline import Pipeline, row_keys
-from paella_jax.sampler_settings import V1_DEFAULTS, SamplerSettings
-from paella_jax.sampling import sample
+from paella_jax.pipeline import Pipeline
+from paella_jax.families import PAELLA_V1
+from paella_jax.sampler_settings import SamplerSettings
+from paella_jax.sampling import row_keys, sample
 from tests.conftest import ROOT
 
 
@@ -32,13 +33,13 @@ from tests.conftest import ROOT
 ])
 def test_bad_settings_are_refused_by_name(settings, message):
   with pytest.raises(ValueError, match=message):
-    SamplerSettings(**settings)
+    SamplerSettings.for_family("paella_v1").replace(**settings)
 
 
 def test_settings_merge_mode_defaults_and_overrides():
-  edit = SamplerSettings.from_record(V1_DEFAULTS, "edit")
+  edit = SamplerSettings.from_record(PAELLA_V1.sampler_defaults, "edit")
   assert (edit.steps, edit.start_step, edit.cfg, edit.renoise_mode) == (24, 8, 6.0, "prev")
-  generate = SamplerSettings.from_record(V1_DEFAULTS).with_overrides(cfg="off", steps=None)
+  generate = SamplerSettings.from_record(PAELLA_V1.sampler_defaults).with_overrides(cfg="off", steps=None)
   assert generate.cfg is None and generate.steps == 8 and generate.typical_mass == 0.2
   assert json.loads(json.dumps(generate.to_dict()))["temperature"] == [1.0, 1.0]
   with pytest.raises(ValueError, match="unknown sampler settings"):
@@ -54,8 +55,7 @@ def test_generate_is_the_sampler_on_the_prompt_embeddings(pipe):
   result = pipe.generate(["a red circle", "a blue square"], num_images=2, seed=3, cfg=2.0)
   emb = np.repeat(pipe.encode_text(["a red circle", "a blue square"]), 2, 0)
   settings = pipe.settings("generate", cfg=2.0)
-  direct = sample(pipe.model, pipe.params, emb, row_keys(3, 4), latent_shape=(8, 8),
-                  **settings.sample_kwargs())
+  direct = sample(pipe.model, pipe.params, emb, row_keys(3, 4), settings, latent_shape=(8, 8))
   np.testing.assert_array_equal(result.codes, np.asarray(direct))
   assert result.labels == ["a red circle"] * 2 + ["a blue square"] * 2
   assert result.images.shape == (4, 32, 32, 3) and 0 <= result.images.min() <= result.images.max() <= 1

@@ -10,8 +10,10 @@ import pytest
 from configs import t5_tiny, tiny_v3
 from paella_jax.cli import run_main
 from paella_jax.commands.sample import main as sample_main
-from paella_jax.pipeline import Pipeline, row_keys
-from paella_jax.sampler_settings import V3_DEFAULTS
+from paella_jax import request
+from paella_jax.pipeline import Pipeline
+from paella_jax.sampling import row_keys
+from paella_jax.families import PAELLA_V3
 from paella_jax.sampling import sample
 
 PROMPTS = ["a red circle", "a blue square on a long green field"]
@@ -38,7 +40,7 @@ def v3_model(tiny_checkpoints, tmp_path_factory) -> str:
   params = jax.tree.map(lambda p: rng.standard_normal(p.shape).astype(np.float32) * 0.5, shapes)
   out = root / "model"
   save_model(out, params, "paella_v3", model.architecture(),
-             meta={"latent_shape": [8, 8], "sampling": dict(V3_DEFAULTS, steps=4),
+             meta={"latent_shape": [8, 8], "sampling": dict(PAELLA_V3.sampler_defaults, steps=4),
                    **encoder_records(str(out), byt5=str(root / "byt5"),
                                      clip=str(tiny_checkpoints / "clip"),
                                      vqgan=str(tiny_checkpoints / "vqgan"))})
@@ -66,9 +68,9 @@ def encoders(v3_model, tiny_checkpoints):
 
 def direct(pipe, cond, uncond, seed, rows, **settings):
   """`sampling.sample` called directly with the pipeline's generate settings."""
-  kwargs = pipe.settings("generate", **settings).sample_kwargs()
-  return np.asarray(sample(pipe.model, pipe.params, cond, row_keys(seed, rows), latent_shape=(8, 8),
-                           uncond=uncond, **kwargs))
+  settings = pipe.settings("generate", **settings)
+  return np.asarray(sample(pipe.model, pipe.params, cond, row_keys(seed, rows), settings,
+                           latent_shape=(8, 8), uncond=uncond))
 
 
 def test_generate_is_the_sampler_on_byt5_and_clip_guided_against_the_empty_prompt(pipe, encoders):
@@ -124,7 +126,7 @@ def test_v3_conditioning_of_variations_and_interpolation(pipe, encoders):
   guided against the empty prompt alone; interpolate: its end frames are the prompts."""
   from paella_jax.encoders.clip import preprocess_v3
   image = np.random.default_rng(1).random((32, 32, 3)).astype(np.float32)
-  vary = pipe.prepare("vary", image, num_images=2)
+  vary = pipe.prepare(request.Vary(image=image, num_images=2))
   encoder = pipe.text_encoder(vision=True)
   emb = encoder.encode_images(np.asarray(preprocess_v3(image[None], 32)))
   np.testing.assert_allclose(vary.cond["clip_image"], np.repeat(emb, 2, 0), atol=1e-6)
@@ -133,7 +135,7 @@ def test_v3_conditioning_of_variations_and_interpolation(pipe, encoders):
     np.testing.assert_allclose(vary.cond[key], np.repeat(empty[key], 2, 0), atol=1e-6)
   assert sorted(vary.uncond) == ["byt5", "byt5_mask", "clip"]
 
-  path = pipe.prepare("interpolate", PROMPTS, frames=3).cond
+  path = pipe.prepare(request.Interpolate(prompts=PROMPTS, frames=3)).cond
   ends = encoders(PROMPTS)
   np.testing.assert_array_equal(path["byt5_mask"][[0, 2]], ends["byt5_mask"])
   np.testing.assert_array_equal(path["byt5_mask"][1], ends["byt5_mask"].any(0))
@@ -151,7 +153,7 @@ def test_the_server_batches_v3_requests_as_sampled_alone(pipe):
   batcher = Batcher(pipe, Metrics(), max_batch=4)
   calls = [dict(prompts=PROMPTS[0], num_images=1, seed=2),
            dict(prompts=PROMPTS[1], num_images=2, seed=7, negative_prompt="a blue square")]
-  jobs = [Job(pipe.prepare("generate", **call), future=None) for call in calls]
+  jobs = [Job(pipe.prepare(request.Generate(**call)), future=None) for call in calls]
   assert jobs[0].group == jobs[1].group
   for (codes, images), call in zip(batcher.sample_jobs(jobs), calls):
     alone = pipe.generate(**call)
@@ -164,7 +166,7 @@ def test_sample_command_generates_and_replays_a_v3_image(v3_model, tmp_path):
   sample_main(["--checkpoint", v3_model, "--prompt", PROMPTS[0], "--batch-size", "2",
                "--negative-prompt", "a blue square", "--out", str(out)])
   sidecar = json.load(open(out / "0001.json"))
-  assert sidecar["kind"] == "paella_v3" and sidecar["negative_prompt"] == "a blue square"
+  assert sidecar["kind"] == "paella_v3" and sidecar["request"]["negative_prompt"] == "a blue square"
   assert sidecar["byt5_checkpoint"].endswith("byt5")
   assert sidecar["sampler"]["temperature"] == [0.7, 0.3]
   sample_main(["replay", str(out / "0001.json"), "--out", str(tmp_path / "again")])

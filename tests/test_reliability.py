@@ -470,10 +470,15 @@ def test_sampler_checks_host_settings(settings, message, abstract_model):
            **settings)
 
 
-def test_sampler_checks_leave_traced_values_alone():
-  """Values inside a trace (and device arrays) are not host values: not read, not refused."""
-  from paella_jax.sampling import _check_host_settings
-  check = lambda cfg, mass, temperature: _check_host_settings(8, cfg, mass, 1, temperature,
-                                                              "start", 0)
-  jax.eval_shape(check, jnp.float32(math.nan), jnp.float32(-1.0), jnp.full((2, 2), -1.0))
-  check(jnp.asarray([math.nan, 1.0]), jnp.asarray(2.0), jnp.asarray([-1.0, 1.0]))
+def test_settings_take_device_arrays_as_host_values():
+  """Per-row settings given as device arrays are read back and checked like numpy arrays."""
+  from paella_jax.sampler_settings import SamplerSettings
+  base = SamplerSettings.for_family("paella_v1")
+  rows = base.replace(cfg=jnp.asarray([1.0, 2.0]), typical_mass=jnp.asarray([0.5, 1.0]),
+                      temperature=jnp.full((2, 2), 0.5))
+  np.testing.assert_array_equal(rows.cfg, [1.0, 2.0])
+  assert isinstance(rows.temperature, np.ndarray) and rows.temperature.shape == (2, 2)
+  with pytest.raises(ValueError, match="cfg must be a finite number, got nan"):
+    base.replace(cfg=jnp.asarray([math.nan, 1.0]))
+  with pytest.raises(ValueError, match="temperatures must be >= 0"):
+    base.replace(temperature=jnp.asarray([[-1.0, 1.0], [1.0, 1.0]]))

@@ -140,6 +140,7 @@ def test_concurrent_clients_get_paella_samples_images(server, tiny_checkpoints, 
 def test_split_calls_give_the_rows_of_one_padded_call(tiny_checkpoints):
   """A group of 5 rows is one call padded to 8 ("pad") or calls of 4 and 1 ("split", the
   CPU's default): the same codes and images either way."""
+  from paella_jax import request
   from paella_jax.pipeline import Pipeline
   from paella_jax.serve.batcher import Batcher, Job
   from paella_jax.serve.metrics import Metrics
@@ -149,7 +150,7 @@ def test_split_calls_give_the_rows_of_one_padded_call(tiny_checkpoints):
   for policy in ("pad", "split"):
     metrics = Metrics()
     batcher = Batcher(pipe, metrics, max_batch=8, policy=policy)
-    jobs = [Job(pipe.prepare("generate", prompt, num_images=n, seed=seed), None)
+    jobs = [Job(pipe.prepare(request.Generate(prompts=prompt, num_images=n, seed=seed)), None)
             for prompt, n, seed in requests]
     results[policy], buckets[policy] = batcher.sample_jobs(jobs), dict(metrics.buckets)
     calls = [batcher.calls(rows) for rows in (1, 3, 7, 8)]

@@ -33,17 +33,14 @@ Expected failures print one line `error: ...` (exit 2); --debug shows the traceb
 from __future__ import annotations
 
 import argparse
-import functools
-import json
+import dataclasses
 import math
 import os
 import re
 import sys
 
-import numpy as np
-
 COMMANDS = ("generate", "inpaint", "outpaint", "edit", "vary", "interpolate", "multi")
-PATH_ARGS = ("checkpoint", "clip", "vqgan", "byt5", "embeddings", "image", "mask", "label_map")
+PATH_ARGS = ("checkpoint", "clip", "vqgan", "byt5", "embeddings", "image", "mask", "labels")
 SETTING_ARGS = ("steps", "cfg", "typical_mass", "typical_min_tokens", "temperature",
                 "renoise_mode", "start_step")
 DEFAULT_OUT = "outputs"
@@ -73,7 +70,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                  "(default: the model's)")
   p.add_argument("--negative-prompt", help="Paella v3: guide away from this prompt instead of "
                  "the empty one")
-  p.add_argument("--batch-size", type=int, default=4, help="images per prompt / input")
+  p.add_argument("--batch-size", dest="num_images", type=int, default=4,
+                 help="images per prompt / input")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--steps", type=int, help="denoising steps T")
   p.add_argument("--start-step", type=int, help="first step to run (editing strength)")
@@ -88,9 +86,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                  help="replace the outputs of an earlier run in --out")
 
 
-@functools.lru_cache(maxsize=None)
 def _parser() -> argparse.ArgumentParser:
-  """The argument parser, built once (paella-serve parses every request with it)."""
+  """The argument parser: one subcommand per mode, and replay."""
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
@@ -105,7 +102,8 @@ def _parser() -> argparse.ArgumentParser:
   for p in parsers.values():
     _common(p)
   for name in ("generate", "inpaint", "outpaint", "edit", "interpolate", "multi"):
-    parsers[name].add_argument("--prompt", action="append", default=[], help="repeatable")
+    parsers[name].add_argument("--prompt", dest="prompts", action="append", default=[],
+                               help="repeatable")
   parsers["generate"].add_argument("--embeddings", help="conditioning instead of prompts: v1 "
                                    ".npy of (N, C) or (N, h', w', C); v3 .npz of byt5, byt5_mask, "
                                    "clip, clip_image rows (any absent)")
@@ -124,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
   parsers["interpolate"].add_argument("--frames", type=int, default=8)
   parsers["interpolate"].add_argument("--mode", choices=("lerp", "slerp"), default="lerp")
   parsers["multi"].add_argument("--layout", choices=("columns", "rows"), default="columns")
-  parsers["multi"].add_argument("--label-map", help=".npy or image of region labels "
+  parsers["multi"].add_argument("--label-map", dest="labels", help=".npy or image of region labels "
                                 "0..P-1 (any size; resized to the latent)")
   parsers["multi"].add_argument("--blend", type=float, default=1.0,
                                 help="border softness in tokens (0 = hard)")
@@ -149,52 +147,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # ------------------------------------------------------------------------------ running
 
-def _read_mask(path: str) -> np.ndarray:
-  from paella_jax.images import load_image
-  return load_image(path).mean(-1)
+def to_request(args: argparse.Namespace):
+  """The typed request of a mode's arguments."""
+  from paella_jax import request
+  cls = request.REQUESTS[args.command]
+  names = {f.name for f in dataclasses.fields(cls)} - {"settings"}
+  fields = {k: v for k, v in vars(args).items() if k in names}
+  if args.command == "generate" and not fields["prompts"]:
+    fields["prompts"] = None  # embeddings, or unconditional samples
+  return cls(**fields, settings={k: getattr(args, k) for k in SETTING_ARGS})
 
 
-def _read_labels(path: str) -> np.ndarray:
-  if path.endswith(".npy"):
-    return np.load(path, allow_pickle=False).astype(np.int64)
-  from paella_jax.images import load_image
-  image = np.round(load_image(path) * 255).astype(np.int64)
-  _, labels = np.unique(image.reshape(-1, 3), axis=0, return_inverse=True)
-  return labels.reshape(image.shape[:2])  # one label per distinct colour, in colour order
-
-
-def _read_image(path: str) -> np.ndarray:
-  from paella_jax.images import load_image
-  return load_image(path)
-
-
-def _read_embeddings(path: str):
-  """A .npy array (v1), or a .npz of named arrays (v3's conditioning dict)."""
-  loaded = np.load(path, allow_pickle=False)
-  if isinstance(loaded, np.lib.npyio.NpzFile):
-    with loaded:
-      return dict(loaded)
-  return loaded
-
-
-# One function per subcommand: the pipeline call for these arguments.
-MODES = {
-    "generate": lambda pipe, a, common: pipe.generate(
-        a.prompt or None, embeddings=_read_embeddings(a.embeddings) if a.embeddings else None,
-        latent_shape=a.latent_shape, **common),
-    "inpaint": lambda pipe, a, common: pipe.inpaint(
-        _read_image(a.image), a.prompt, mask=_read_mask(a.mask) if a.mask else None,
-        box=a.box, **common),
-    "outpaint": lambda pipe, a, common: pipe.outpaint(
-        _read_image(a.image), a.canvas, a.prompt, offset=a.offset, **common),
-    "edit": lambda pipe, a, common: pipe.edit(_read_image(a.image), a.prompt, **common),
-    "vary": lambda pipe, a, common: pipe.vary(_read_image(a.image), **common),
-    "interpolate": lambda pipe, a, common: pipe.interpolate(
-        a.prompt, frames=a.frames, mode=a.mode, **common),
-    "multi": lambda pipe, a, common: pipe.multi(
-        a.prompt, labels=_read_labels(a.label_map) if a.label_map else None, layout=a.layout,
-        blend=a.blend, latent_shape=a.latent_shape, **common),
-}
 OUR_FILES = re.compile(r"^(\d{4}\.(png|json)|grid\.png|codes\.(npy|json)|interpolation\.gif)$")
 
 
@@ -222,75 +185,28 @@ def output_dir(args) -> str:
   return args.out
 
 
-def run_record(pipe, args, settings) -> dict:
-  """What a run's codes.json and every sidecar record: enough to replay it exactly."""
-  from paella_jax.sampling import SAMPLER_VERSION
-  return dict(command=args.command,
-              args={k: v for k, v in vars(args).items() if k not in ("out", "overwrite")},
-              sampler=settings.to_dict(), sampler_version=SAMPLER_VERSION, kind=pipe.kind,
-              negative_prompt=getattr(args, "negative_prompt", None),
-              checkpoint_id=pipe.model_id, clip_checkpoint=pipe.clip_dir,
-              vqgan_checkpoint=pipe.vqgan_dir, byt5_checkpoint=pipe.byt5_dir)
-
-
-def common_arguments(args) -> dict:
-  """The keywords every pipeline mode takes, from the arguments (sidecars written before an
-  option existed lack it: its default)."""
-  overrides = {k: getattr(args, k, None) for k in SETTING_ARGS}
-  return dict(num_images=args.batch_size, seed=args.seed,
-              negative_prompt=getattr(args, "negative_prompt", None), **overrides)
-
-
 def run(args) -> str:
   """Samples for `args` and writes the outputs; returns the output folder."""
+  req = to_request(args)
+  return _sample(args.checkpoint, args.clip, args.vqgan, args.byt5, req, args)
+
+
+def _sample(checkpoint: str, clip, vqgan, byt5, req, args) -> str:
   from paella_jax.pipeline import Pipeline
-  pipe = Pipeline.from_checkpoint(args.checkpoint, clip=args.clip, vqgan=args.vqgan,
-                                  byt5=getattr(args, "byt5", None))
-  result = MODES[args.command](pipe, args, common_arguments(args))
-  record = run_record(pipe, args, result.settings)
+  from paella_jax.sidecars import run_record, write_run
+  pipe = Pipeline.from_checkpoint(checkpoint, clip=clip, vqgan=vqgan, byt5=byt5)
+  result = pipe.run(req)
   out = output_dir(args)
-  write_outputs(out, result, record)
+  write_run(out, result, run_record(pipe, req, result.settings), columns=req.num_images)
   return out
 
 
-def write_outputs(out: str, result, record: dict) -> None:
-  from paella_jax.images import make_grid, save_gif, save_png
-  np.save(os.path.join(out, "codes.npy"), result.codes)
-  with open(os.path.join(out, "codes.json"), "w") as f:
-    json.dump(record, f, indent=2)
-  if result.images is None:
-    print(f"wrote {result.codes.shape} codes to {out}/codes.npy (no VQGAN given: no images)")
-    return
-  for i, image in enumerate(result.images):
-    save_png(os.path.join(out, f"{i:04d}.png"), image)
-    with open(os.path.join(out, f"{i:04d}.json"), "w") as f:
-      json.dump(dict(record, index=i, label=result.labels[i]), f, indent=2)
-  columns = record["args"]["batch_size"]  # images per prompt (per frame when interpolating)
-  save_png(os.path.join(out, "grid.png"), make_grid(result.images, columns=columns))
-  if record["command"] == "interpolate":
-    save_gif(os.path.join(out, "interpolation.gif"), result.images[::columns])
-  print(f"wrote {len(result.images)} images, grid.png and sidecars to {out}")
-
-
 def replay(args) -> str:
-  """Reruns the command recorded in a sidecar (same seed and settings) into args.out."""
-  from paella_jax.checkpoint import checkpoint_id
-  from paella_jax.sampling import SAMPLER_VERSION
-  with open(args.sidecar) as f:
-    record = json.load(f)
-  version = record.get("sampler_version", 1)  # sidecars before the version was recorded: 1
-  if version != SAMPLER_VERSION:
-    raise ValueError(f"{args.sidecar} was made by sampler version {version}; this is version "
-                     f"{SAMPLER_VERSION}, which draws other codes from the same seed, so it cannot "
-                     "regenerate the image exactly (rerun the command to sample anew)")
-  recorded = argparse.Namespace(**record["args"], out=args.out, overwrite=args.overwrite)
-  if checkpoint_id(recorded.checkpoint) != record["checkpoint_id"]:
-    raise ValueError(f"{recorded.checkpoint} is not the checkpoint that made {args.sidecar} "
-                     "(its weights or description changed)")
-  # The recorded settings are the ones that were used: replay them, whatever the defaults now.
-  for key, value in record["sampler"].items():
-    setattr(recorded, key, "off" if value is None else value)
-  return run(recorded)
+  """Reruns the request recorded in a sidecar (same seed and settings) into args.out."""
+  from paella_jax.sidecars import load_replay
+  recorded = load_replay(args.sidecar)
+  return _sample(recorded.checkpoint, recorded.clip, recorded.vqgan, recorded.byt5,
+                 recorded.request, args)
 
 
 def main(argv=None) -> str:

@@ -9,7 +9,7 @@ import copy
 import ml_collections
 
 from paella_jax.configs import clip_vit_g14, vqgan_sber_f8
-from paella_jax.sampler_settings import V1_DEFAULTS
+from paella_jax.families import PAELLA_V1
 
 
 def get_config():
@@ -71,5 +71,5 @@ def get_config():
       vqgan="", clip="", image_size=256, crop="random"))
 
   # The paper's sampler settings, per editing mode (paella_jax/sampler_settings.py).
-  c.sampling = ml_collections.ConfigDict(copy.deepcopy(V1_DEFAULTS))
+  c.sampling = ml_collections.ConfigDict(copy.deepcopy(dict(PAELLA_V1.sampler_defaults)))
   return c

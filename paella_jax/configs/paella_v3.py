@@ -14,7 +14,7 @@ import copy
 import ml_collections
 
 from paella_jax.configs import byt5_xl
-from paella_jax.sampler_settings import V3_DEFAULTS
+from paella_jax.families import PAELLA_V3
 
 
 def get_config():
@@ -74,5 +74,5 @@ def get_config():
   c.byt5 = byt5_xl.get_config()
 
   # The original sampler's defaults (paella_jax/sampler_settings.py).
-  c.sampling = ml_collections.ConfigDict(copy.deepcopy(V3_DEFAULTS))
+  c.sampling = ml_collections.ConfigDict(copy.deepcopy(dict(PAELLA_V3.sampler_defaults)))
   return c

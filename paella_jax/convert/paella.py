@@ -23,7 +23,7 @@ from paella_jax.convert.torch_io import (CheckpointMismatchError, check_state_di
                                          load_torch_file, set_path, to_numpy_state_dict,
                                          unwrap_state_dict)
 from paella_jax.models.paella import DenoiseUNet, build_model, init_params
-from paella_jax.sampler_settings import family_defaults
+from paella_jax import families
 
 KIND = "paella_v1"
 
@@ -161,5 +161,6 @@ def run(args: argparse.Namespace) -> None:
   model, params = paella_v1_from_torch(args.checkpoint, c_r=args.c_r)
   out = save_model(args.out_dir, params, KIND, model.architecture(),
                    meta={"source": os.path.abspath(args.checkpoint),
-                         "sampling": family_defaults(KIND)}, overwrite=args.overwrite)
+                         "sampling": dict(families.get(KIND).sampler_defaults)},
+                   overwrite=args.overwrite)
   print(f"converted {count_params(params):,} parameters {model.architecture()} -> {out}")

@@ -28,7 +28,7 @@ from paella_jax.convert.torch_io import (CheckpointMismatchError, check_state_di
                                          load_torch_file, set_path, to_numpy_state_dict,
                                          unwrap_state_dict)
 from paella_jax.models.paella_v3 import PaellaV3, build_model, init_params, level_blocks
-from paella_jax.sampler_settings import family_defaults
+from paella_jax import families
 
 KIND = "paella_v3"
 RELEASE_NHEAD = (-1, 16, 16)
@@ -258,7 +258,7 @@ def run(args: argparse.Namespace) -> None:
                                        self_attn=args.self_attn)
   out = save_model(args.out_dir, params, KIND, model.architecture(),
                    meta={"source": os.path.abspath(args.checkpoint),
-                         "sampling": family_defaults(KIND),
+                         "sampling": dict(families.get(KIND).sampler_defaults),
                          **encoder_records(args.out_dir, byt5=args.byt5, clip=args.clip,
                                            vqgan=args.vqgan)},
                    overwrite=args.overwrite)

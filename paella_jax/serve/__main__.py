@@ -56,18 +56,20 @@ def warm_up_requests(pipe, every_mode: bool) -> list:
   """The prepared requests whose groups are compiled before serving: generation, and with
   `every_mode` inpainting, editing and (where the CLIP has a vision tower) variations of a grey
   image at the model's size."""
-  requests = [pipe.prepare("generate", "", num_images=1, seed=0)]
+  from paella_jax import request
+  prepared = [pipe.prepare(request.Generate(prompts=("",)))]
   if every_mode and pipe.has_codec:
     factor = pipe.codec.module.factor
     h, w = (side * factor for side in pipe.latent_shape)
     image = np.full((h, w, 3), 0.5, np.float32)
-    requests += [pipe.prepare("inpaint", image, "", box=(0, 0, h // 2, w // 2)),
-                 pipe.prepare("edit", image, "")]
+    prepared += [pipe.prepare(request.Inpaint(image=image, prompts=("",),
+                                              box=(0, 0, h // 2, w // 2))),
+                 pipe.prepare(request.Edit(image=image, prompts=("",)))]
     try:
-      requests.append(pipe.prepare("vary", image))
+      prepared.append(pipe.prepare(request.Vary(image=image)))
     except ValueError:  # no vision tower: the mode answers 400 anyway
       pass
-  return requests
+  return prepared
 
 
 def main(argv=None) -> None:
@@ -90,8 +92,7 @@ def main(argv=None) -> None:
   print(f"compiled buckets {batcher.buckets} ({batcher.policy}) in "
         f"{metrics.startup_compile_s:.1f} s; serving on http://{args.host}:{args.port}",
         flush=True)
-  app = create_app(pipe, batcher, metrics, checkpoint=args.checkpoint, inputs_dir=args.inputs_dir,
-                   timeout_s=args.timeout_s)
+  app = create_app(pipe, batcher, metrics, inputs_dir=args.inputs_dir, timeout_s=args.timeout_s)
   uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
               timeout_graceful_shutdown=int(args.timeout_s) + 1)
 

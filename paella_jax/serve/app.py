@@ -46,7 +46,7 @@ def _one_line(error: Exception) -> str:
   return " ".join(line.strip() for line in str(error).splitlines()) or type(error).__name__
 
 
-def create_app(pipe, batcher: Batcher, metrics: Metrics, *, checkpoint: str, inputs_dir: str,
+def create_app(pipe, batcher: Batcher, metrics: Metrics, *, inputs_dir: str,
                timeout_s: float) -> FastAPI:
   """The app over a loaded pipeline and its (warmed-up) batcher."""
   preparing = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="prepare")
@@ -79,31 +79,31 @@ def create_app(pipe, batcher: Batcher, metrics: Metrics, *, checkpoint: str, inp
     return run
 
   def prepare(mode: str, raw: bytes):
-    """A request's body -> (paella-sample's arguments, the prepared rows); BadRequest names what
-    is refused."""
+    """A request's body -> (its typed request, the prepared rows); BadRequest names what is
+    refused."""
     try:
       body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
       raise requests.BadRequest(f"invalid JSON: {e}") from None
-    args = requests.parse(requests.to_argv(mode, body, checkpoint, inputs_dir, batcher.max_batch,
-                                           tokenizer.max_length if tokenizer else 0, count_tokens))
-    prepared = requests.prepare(pipe, args)
+    req = requests.to_request(mode, body, inputs_dir, batcher.max_batch,
+                              tokenizer.max_length if tokenizer else 0, count_tokens)
+    prepared = pipe.prepare(req)
     if prepared.rows > batcher.max_batch:
       raise requests.BadRequest(f"too many images: {prepared.rows}, this server samples at "
                                 f"most {batcher.max_batch} per request (--max-batch)", 413)
-    return args, prepared
+    return req, prepared
 
-  def respond(args, prepared, codes, images) -> dict:
+  def respond(req, prepared, codes, images) -> dict:
     """The answer's body: PNGs, codes and sidecars."""
     return {"images": [png_base64(image) for image in images] if images is not None else [],
             "codes": codes.tolist(),
-            "sidecars": [requests.sidecar(pipe, args, prepared, i) for i in range(len(codes))]}
+            "sidecars": [requests.sidecar(pipe, req, prepared, i) for i in range(len(codes))]}
 
   async def answer(mode: str, request: Request) -> tuple[int, dict]:
     loop = asyncio.get_running_loop()
     try:
-      args, prepared = await loop.run_in_executor(preparing, timed("prepare", prepare), mode,
-                                                  await request.body())
+      req, prepared = await loop.run_in_executor(preparing, timed("prepare", prepare), mode,
+                                                 await request.body())
       codes, images = await asyncio.wait_for(batcher.submit(prepared), timeout_s)
     except requests.BadRequest as e:
       return e.status, {"error": _one_line(e)}
@@ -112,7 +112,7 @@ def create_app(pipe, batcher: Batcher, metrics: Metrics, *, checkpoint: str, inp
     except asyncio.TimeoutError:
       return 503, {"error": f"not answered within {timeout_s:g} s (--timeout-s); the server is "
                             "busy, retry later"}
-    return 200, await loop.run_in_executor(preparing, timed("respond", respond), args, prepared,
+    return 200, await loop.run_in_executor(preparing, timed("respond", respond), req, prepared,
                                            codes, images)
 
   @app.post("/v1/{mode}")

@@ -23,8 +23,10 @@ import jax
 import numpy as np
 
 from paella_jax.encoders.vq import VQGANCodec
-from paella_jax.pipeline import Prepared, concat_rows, map_rows, repeat_rows, row_signature
-from paella_jax.sampling import sample
+from paella_jax.families import concat_rows, map_rows, pad_rows, repeat_rows, row_signature
+from paella_jax.pipeline import Prepared
+from paella_jax.sampler_settings import SamplerSettings
+from paella_jax.sampling import row_keys, sample
 
 
 def buckets(max_batch: int) -> list[int]:
@@ -60,37 +62,12 @@ class Job:
   @property
   def group(self) -> tuple:
     """What rows must share to go through one sampler call."""
-    s, inputs = self.prepared.settings, self.prepared.inputs
+    inputs = self.prepared.inputs
     tokens = inputs.get("init_tokens")
     shape = inputs.get("latent_shape") if tokens is None else np.shape(tokens)[1:]
     kind = "noise" if tokens is None else "tokens" if inputs.get("mask") is None else "masked"
-    return (s.steps, s.start_step, s.renoise_mode, s.typical_min_tokens, s.cfg is None,
-            s.typical_mass is None, row_signature(self.prepared.cond),
+    return (self.prepared.settings.shared_key, row_signature(self.prepared.cond),
             row_signature(self.prepared.uncond), kind, tuple(shape))
-
-
-def _seed_key(seed: int) -> np.ndarray:
-  """The key data of `jax.random.key(seed)`."""
-  return np.asarray(jax.random.key_data(jax.random.key(seed)))
-
-
-@jax.jit
-def _row_keys(seed_keys, indices) -> jax.Array:
-  """The rows' keys as `row_keys` makes them, fold_in(key(seed), index in its request), for a
-  whole call in one program per bucket (eager ops would compile for every mix of requests):
-  seed_keys (B, ...) key data, indices (B,) uint32 -> (B,) keys."""
-  return jax.vmap(jax.random.fold_in)(jax.random.wrap_key_data(seed_keys), indices)
-
-
-def _pad(x: np.ndarray, size: int) -> np.ndarray:
-  """x (N, ...) with its first row repeated up to `size` rows."""
-  return np.concatenate([x, np.repeat(x[:1], size - len(x), 0)])
-
-
-def _schedule_rows(value, rows: int) -> np.ndarray:
-  """A setting that is a number or (start, end) -> (rows, 2) (start, end) per row."""
-  pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-  return np.tile(np.asarray(pair, np.float32), (rows, 1))
 
 
 class Batcher:
@@ -210,16 +187,12 @@ class Batcher:
     first = jobs[0].prepared
     rows = sum(job.rows for job in jobs)
     cat = lambda name: np.concatenate([np.asarray(job.prepared.inputs[name]) for job in jobs])
-    seeds = np.concatenate([np.repeat(_seed_key(job.prepared.seed)[None], job.rows, 0)
-                            for job in jobs])
-    index = np.concatenate([np.arange(job.rows, dtype=np.uint32) for job in jobs])
-    per_row = lambda name: np.concatenate([_schedule_rows(getattr(job.prepared.settings, name),
-                                                          job.rows) for job in jobs])
-    s = first.settings
-    kwargs = s.sample_kwargs()
-    row_args = dict(temperature=per_row("temperature"),
-                    cfg=None if s.cfg is None else per_row("cfg"),
-                    typical_mass=None if s.typical_mass is None else per_row("typical_mass")[:, 0])
+    # every row's key as the pipeline gives it (row_keys of its request's seed), as host data
+    key_data = np.concatenate([np.asarray(jax.random.key_data(row_keys(job.prepared.seed,
+                                                                         job.rows)))
+                               for job in jobs])
+    settings = SamplerSettings.per_row([(job.prepared.settings, job.rows) for job in jobs])
+    row_args, kwargs = {}, {}
     if "init_tokens" in first.inputs:
       row_args["init_tokens"] = cat("init_tokens")
       if first.inputs.get("mask") is not None:
@@ -231,15 +204,19 @@ class Batcher:
     codes, images, done = [], [], 0
     for bucket in self.calls(rows):
       n = min(bucket, rows - done)
-      take = lambda x: _pad(x[done:done + n], bucket)
-      keys = _row_keys(take(seeds), take(index))
-      call_args = {k: None if v is None else take(v) for k, v in row_args.items()}
+      take = lambda x: pad_rows(x[done:done + n], bucket)
+      keys = jax.random.wrap_key_data(take(key_data))
+      call_args = {k: take(v) for k, v in row_args.items()}
+      call_settings = settings.replace(**{
+          name: take(getattr(settings, name)) for name in ("cfg", "typical_mass", "temperature")
+          if getattr(settings, name) is not None})
       compile_key = (jobs[0].group, bucket)
       compiles = compile_key not in self._compiled
       start = time.perf_counter()
       out = np.asarray(sample(self.pipe.model, self.pipe.params, map_rows(take, cond), keys,
+                              call_settings,
                               uncond=None if uncond is None else map_rows(take, uncond),
-                              **{**kwargs, **call_args}))
+                              **kwargs, **call_args))
       sampled = time.perf_counter()
       codes.append(out[:n])
       if self._decoders is not None:

@@ -1,10 +1,10 @@
-"""HTTP request bodies -> paella-sample arguments -> prepared sampler rows, and the sidecars.
+"""HTTP request bodies -> typed requests (`paella_jax.request`), and their sidecars.
 
 A JSON body is checked field by field, its base64 images are decoded and stored (content-addressed
-PNGs under the server's inputs folder, so that sidecars can name them), and it becomes the
-argument list of `paella-sample MODE ...`: the server prepares its rows with the same code as
-paella-sample (`commands.sample.MODES` over `Pipeline.prepare`) and records the same sidecar, so
-`paella-sample replay` regenerates a served image.
+PNGs under the server's inputs folder, so that sidecars can name them), and it becomes the typed
+request paella-sample builds from its arguments: the server prepares its rows with
+`Pipeline.prepare` and records the same sidecar (`paella_jax.sidecars`), so `paella-sample
+replay` regenerates a served image.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import math
 import os
 from typing import Any
 
-from paella_jax.commands import sample as sample_command
+from paella_jax import request, sidecars
 from paella_jax.tokenizer import check_prompts
 
 SERVED_MODES = ("generate", "inpaint", "outpaint", "edit", "vary", "interpolate")
@@ -102,9 +102,9 @@ def store(inputs_dir: str, png: bytes) -> str:
   return path
 
 
-def to_argv(mode: str, body: Any, checkpoint: str, inputs_dir: str, max_images: int,
-            max_tokens: int, count_tokens) -> list[str]:
-  """The paella-sample argument list of a request body; BadRequest names what is wrong.
+def to_request(mode: str, body: Any, inputs_dir: str, max_images: int, max_tokens: int,
+               count_tokens) -> request.Request:
+  """The typed request of a request body; BadRequest names what is wrong.
 
   `count_tokens(prompt)` gives a prompt's token count, special tokens included, which must not
   exceed `max_tokens` (the text encoder's context); num_images must not exceed `max_images`.
@@ -138,49 +138,18 @@ def to_argv(mode: str, body: Any, checkpoint: str, inputs_dir: str, max_images: 
                        f"encoder takes at most {max_tokens}: {prompt[:40]!r}...")
   if mode == "inpaint" and ("mask" in body) == ("box" in body):
     raise BadRequest("inpaint needs a mask image or a box [top, left, bottom, right] (exactly one)")
-  argv = [mode, f"--checkpoint={checkpoint}", "--batch-size=1"] + [f"--prompt={p}" for p in prompts]
-  for name, value in body.items():
-    if name in ("prompt", "prompts"):
-      continue
-    flag = "--batch-size" if name == "num_images" else "--" + name.replace("_", "-")
-    if allowed[name] == "image":
-      argv.append(f"{flag}={store(inputs_dir, decode_image(name, value))}")
-    elif isinstance(value, list):
-      argv += [flag, *map(str, value)]
-    else:
-      argv.append(f"{flag}={value}")
-  return argv
+  fields = {name: store(inputs_dir, decode_image(name, value)) if allowed[name] == "image"
+            else value for name, value in body.items()
+            if name not in SETTINGS and name != "prompt"}
+  if prompts:
+    fields["prompts"] = prompts
+  try:
+    return request.REQUESTS[mode](**fields, settings={k: body[k] for k in SETTINGS if k in body})
+  except ValueError as e:
+    raise BadRequest(str(e)) from None
 
 
-def parse(argv: list[str]):
-  """paella-sample's parsing of `argv`; its refusals (argparse exits) become BadRequest."""
-  import contextlib
-  with contextlib.redirect_stderr(io.StringIO()) as err:
-    try:
-      return sample_command.parse_args(argv)
-    except SystemExit:
-      message = err.getvalue().strip().splitlines()
-      raise BadRequest(message[-1] if message else "invalid arguments") from None
-
-
-def prepare(pipe, args):
-  """The request's rows, prepared exactly as paella-sample samples them."""
-  view = _Preparing(pipe)
-  return sample_command.MODES[args.command](view, args, sample_command.common_arguments(args))
-
-
-class _Preparing:
-  """A pipeline whose mode methods return `Pipeline.prepare`'s result instead of sampling."""
-
-  def __init__(self, pipe):
-    self._pipe = pipe
-
-  def __getattr__(self, mode):
-    return lambda *args, **kwargs: self._pipe.prepare(mode, *args, **kwargs)
-
-
-def sidecar(pipe, args, prepared, index: int) -> dict:
+def sidecar(pipe, req: request.Request, prepared, index: int) -> dict:
   """The JSON sidecar of one image, as paella-sample writes it."""
-  from paella_jax.commands.sample import run_record
-  return dict(run_record(pipe, args, prepared.settings), index=index,
-              label=prepared.labels[index])
+  return sidecars.image_sidecar(sidecars.run_record(pipe, req, prepared.settings), index,
+                                prepared.labels[index])

@@ -26,7 +26,7 @@ import time
 
 import jax
 
-from paella_jax import checkpoint
+from paella_jax import checkpoint, families
 from paella_jax.data.prepare import Preparer, V3Preparer
 from paella_jax.data.read import open_data, pick_captions, stage1_images
 from paella_jax.encoders.clip import ClipEncoder, load_clip, save_random_clip
@@ -109,10 +109,10 @@ def _random_byt5(config, out_dir: str):
 
 def _pipeline(config, model_dir: str, encoder, codec, byt5_encoder):
   """The exported model of stage 2 with the run's encoders and the config's sampler settings."""
-  from paella_jax.pipeline import FAMILIES, Pipeline
-  kind = model_kind(config)
-  _, _, params = checkpoint.load_model(model_dir, expected_kind=kind)
-  return Pipeline(FAMILIES[kind].build(config.model), jax.device_put(params), kind=kind,
+  from paella_jax.pipeline import Pipeline
+  family = families.of_config(config)
+  _, _, params = checkpoint.load_model(model_dir, expected_kind=family.kind)
+  return Pipeline(family.build_model(config.model), jax.device_put(params), kind=family.kind,
                   sampling=config.sampling.to_dict(), latent_shape=config.latent_shape,
                   text_encoder=encoder, codec=codec, byt5_encoder=byt5_encoder)
 
