@@ -39,3 +39,35 @@ def tiny_checkpoints(tmp_path_factory) -> Path:
              meta={"latent_shape": [8, 8], "sampling": config.sampling.to_dict(),
                    "clip_checkpoint": "../clip", "vqgan_checkpoint": "../vqgan"})
   return root
+
+
+@pytest.fixture(scope="session")
+def v3_model(tiny_checkpoints, tmp_path_factory) -> str:
+  """DIR/model: a tiny random PaellaV3 whose model.json records DIR/byt5 (a tiny random ByT5)
+  and the session's tiny CLIP and VQGAN, as the converter records them."""
+  import jax
+  import numpy as np
+  from configs import t5_tiny, tiny_v3
+  from paella_jax.checkpoint import save_model
+  from paella_jax.families import PAELLA_V3
+  from paella_jax.convert.paella_v3 import encoder_records
+  from paella_jax.encoders.byt5 import random_t5_encoder, save_t5_encoder
+  from paella_jax.models.paella_v3 import build_model, init_params
+  root = tmp_path_factory.mktemp("tiny_v3")
+  t5 = t5_tiny.get_config()
+  save_t5_encoder(root / "byt5", *random_t5_encoder(t5.model, seed=t5.seed))
+  config = tiny_v3.get_config()
+  config.model.update(byt5_embd=t5.model["d_model"], clip_embd=32)  # the tiny encoders' widths
+  model = build_model(config.model)
+  # Random values everywhere (the init zeroes the output map): confident logits that depend on
+  # the tokens, the noise level and every conditioning entry.
+  shapes = jax.eval_shape(lambda: init_params(model, jax.random.key(0), (8, 8)))
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda p: rng.standard_normal(p.shape).astype(np.float32) * 0.5, shapes)
+  out = root / "model"
+  save_model(out, params, "paella_v3", model.architecture(),
+             meta={"latent_shape": [8, 8], "sampling": dict(PAELLA_V3.sampler_defaults, steps=4),
+                   **encoder_records(str(out), byt5=str(root / "byt5"),
+                                     clip=str(tiny_checkpoints / "clip"),
+                                     vqgan=str(tiny_checkpoints / "vqgan"))})
+  return str(out)

@@ -148,7 +148,20 @@ def test_sidecar_regenerates_its_image_bit_for_bit(tiny_checkpoints, tmp_path):
   run_sample("generate", "--checkpoint", tiny_checkpoints / "model", "--prompt", "a red circle",
              "--seed", 8, "--cfg", 3, "--out", other)
   assert not np.array_equal(np.load(first / "codes.npy"), np.load(other / "codes.npy"))
-  old = json.load(open(first / "0002.json"))
+  # a sidecar written when sidecars recorded paella-sample's arguments instead of the request
+  new = json.load(open(first / "0002.json"))
+  legacy = {k: new[k] for k in ("command", "sampler", "sampler_version", "kind", "checkpoint_id",
+                                "clip_checkpoint", "vqgan_checkpoint", "byt5_checkpoint",
+                                "index", "label")}
+  legacy.update(negative_prompt=None, args=dict(
+      command="generate", checkpoint=new["checkpoint"], clip=None, vqgan=None, byt5=None,
+      negative_prompt=None, batch_size=4, seed=7, steps=None, start_step=None, cfg=3.0,
+      typical_mass=None, typical_min_tokens=None, temperature=None, renoise_mode=None,
+      prompt=["a red circle"], embeddings=None, latent_shape=None))
+  (tmp_path / "legacy.json").write_text(json.dumps(legacy))
+  run_sample("replay", tmp_path / "legacy.json", "--out", tmp_path / "legacy")
+  assert (first / "0002.png").read_bytes() == (tmp_path / "legacy" / "0002.png").read_bytes()
+  old = dict(legacy)
   del old["sampler_version"]  # written before versions were recorded: version 1
   (tmp_path / "old.json").write_text(json.dumps(old))
   with pytest.raises(ValueError, match="sampler version 1"):

@@ -196,3 +196,38 @@ def test_eval_command_needs_data_for_other_models(tiny_checkpoints, tmp_path):
   with pytest.raises(subprocess.CalledProcessError) as e:
     run_eval(f"--checkpoint={tiny_checkpoints / 'model'}", f"--out={tmp_path}")
   assert "pass --data" in e.value.stderr
+
+
+def test_eval_command_on_a_v3_checkpoint_clip_score_and_adherence(v3_model, tiny_checkpoints,
+                                                                 tmp_path):
+  """paella-eval on a tiny Paella v3 (ByT5 + CLIP conditioning, guided against the empty
+  prompt): the demo's scenes, CLIP score and adherence for the checkpoint's (start, end)
+  guidance, a number and "off"; the first two differ from "off"."""
+  from paella_jax.commands.eval import main
+  report = main([f"--checkpoint={v3_model}", "--data=demo", "--num-samples=8", "--batch-size=8",
+                 f"--clip-score-model={tiny_checkpoints / 'clip'}", f"--out={tmp_path}",
+                 "--no-progress", "--cfg", "8", "off"])
+  assert report["kind"] == "paella_v3" and report["sampling"]["cfg"] == [8.0, 8.0]
+  assert [r["cfg"] for r in report["results"]] == [8.0, "off"]
+  for r in report["results"]:
+    assert 0 <= r["clip_score"] <= 100 and r["adherence"]["seen"]["count"] == 8
+  assert {"samples_cfg8.png", "samples_cfgoff.png", "report.json"} <= set(os.listdir(tmp_path))
+  guided, unguided = (np.asarray(Image.open(tmp_path / f"samples_cfg{w}.png")) for w in ("8", "off"))
+  assert not np.array_equal(guided, unguided)
+  default = main([f"--checkpoint={v3_model}", "--data=demo", "--num-samples=8", "--batch-size=8",
+                  f"--out={tmp_path / 'default'}", "--no-progress"])
+  assert default["results"][0]["cfg"] == [8.0, 8.0]
+  assert (tmp_path / "default" / "samples_cfg8-8.png").is_file()
+
+
+@pytest.mark.slow
+def test_eval_command_fid_on_a_v3_checkpoint(v3_model, eval_checkpoints, tmp_path):
+  """FID of a tiny Paella v3 on a COCO folder, with its reference statistics."""
+  from paella_jax.commands.eval import main
+  coco = write_coco(tmp_path / "coco", num_images=8)
+  report = main([f"--checkpoint={v3_model}", f"--data={coco}", "--num-samples=8",
+                 "--batch-size=8", f"--inception={eval_checkpoints / 'inception'}",
+                 f"--stats-cache={tmp_path / 'cache'}", f"--out={tmp_path / 'out'}",
+                 "--no-progress"])
+  (result,) = report["results"]
+  assert np.isfinite(result["fid"]) and result["fid"] > 0 and "adherence" not in result

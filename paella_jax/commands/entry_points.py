@@ -27,11 +27,11 @@ def prepare() -> None:
 
 def evaluate() -> None:
   """paella-eval: zero-shot FID, CLIP score and adherence of a checkpoint."""
-  from paella_jax.eval.run import main
+  from paella_jax.commands.eval import main
   run_main(main)
 
 
 def serve() -> None:
   """paella-serve: the pipeline as an HTTP service batching concurrent requests."""
-  from paella_jax.serve.__main__ import main
+  from paella_jax.commands.serve import main
   run_main(main)

@@ -34,40 +34,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 import re
 import sys
+
+from paella_jax.commands.options import add_model_options, number_or_off
 
 COMMANDS = ("generate", "inpaint", "outpaint", "edit", "vary", "interpolate", "multi")
 PATH_ARGS = ("checkpoint", "clip", "vqgan", "byt5", "embeddings", "image", "mask", "labels")
 SETTING_ARGS = ("steps", "cfg", "typical_mass", "typical_min_tokens", "temperature",
                 "renoise_mode", "start_step")
 DEFAULT_OUT = "outputs"
+DEFAULT_CHECKPOINT = "runs/demo/paella/model"  # the demo's model
 
 
 # ------------------------------------------------------------------------------ arguments
 
-def _number_or_off(text: str):
-  """A finite float, or "off"."""
-  if text == "off":
-    return text
-  try:
-    value = float(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a number or 'off', got {text!r}") from None
-  if not math.isfinite(value):
-    raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-  return value
-
-
 def _common(p: argparse.ArgumentParser) -> None:
-  p.add_argument("--checkpoint", default="runs/demo/paella/model",
-                 help="model directory written by train.py or `python -m paella_jax.convert`")
-  p.add_argument("--clip", help="CLIP checkpoint directory (default: the model's)")
-  p.add_argument("--vqgan", help="VQGAN checkpoint directory (default: the model's)")
-  p.add_argument("--byt5", help="ByT5 encoder checkpoint directory of a Paella v3 model "
-                 "(default: the model's)")
+  add_model_options(p, DEFAULT_CHECKPOINT)
   p.add_argument("--negative-prompt", help="Paella v3: guide away from this prompt instead of "
                  "the empty one")
   p.add_argument("--batch-size", dest="num_images", type=int, default=4,
@@ -75,8 +59,8 @@ def _common(p: argparse.ArgumentParser) -> None:
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--steps", type=int, help="denoising steps T")
   p.add_argument("--start-step", type=int, help="first step to run (editing strength)")
-  p.add_argument("--cfg", type=_number_or_off, help="guidance weight, or 'off'")
-  p.add_argument("--typical-mass", type=_number_or_off,
+  p.add_argument("--cfg", type=number_or_off, help="guidance weight, or 'off'")
+  p.add_argument("--typical-mass", type=number_or_off,
                  help="typical filtering mass in (0, 1], or 'off'")
   p.add_argument("--typical-min-tokens", type=int, help="codes typical filtering always keeps")
   p.add_argument("--temperature", type=float, nargs=2, metavar=("START", "END"))

@@ -1,6 +1,6 @@
-"""`python -m paella_jax.eval`: zero-shot FID, CLIP score and adherence (see eval/run.py)."""
-
-from paella_jax.commands.entry_points import evaluate
+"""`python -m paella_jax.eval`: paella-eval from a clone (paella_jax/commands/eval.py)."""
 
 if __name__ == "__main__":
-  evaluate()
+  from paella_jax.cli import run_main
+  from paella_jax.commands.eval import main
+  run_main(main)

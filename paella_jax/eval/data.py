@@ -111,15 +111,19 @@ def coco_tfds(name: str, split: str, num_samples: int, seed: int = 0,
   return EvalData(f"tfds-{name}-{split}-n{num_samples}-s{seed}", texts, load)
 
 
-def demo_data(num_samples: int, seed: int = 0) -> EvalData:
-  """The demo's 72 scene prompts cycled to `num_samples`; references drawn like its dataset."""
-  per_prompt = -(-num_samples // len(all_scenes()))
-  scenes = [s for s in all_scenes() for _ in range(per_prompt)][:num_samples]
-
+def scene_data(scenes: list[Scene], seed: int, name: str) -> EvalData:
+  """The captions of demo scenes, one sample each; references drawn like the demo's dataset."""
   def load(i: int, size: int) -> np.ndarray:
     image = draw(scenes[i], np.random.default_rng([seed, i]), size=size)
     return np.round(image * 255).astype(np.uint8)
-  return EvalData(f"demo-n{num_samples}-s{seed}", [s.caption for s in scenes], load, scenes)
+  return EvalData(name, [s.caption for s in scenes], load, scenes)
+
+
+def demo_data(num_samples: int, seed: int = 0) -> EvalData:
+  """The demo's 72 scene prompts cycled to `num_samples`."""
+  per_prompt = -(-num_samples // len(all_scenes()))
+  scenes = [s for s in all_scenes() for _ in range(per_prompt)][:num_samples]
+  return scene_data(scenes, seed, f"demo-n{num_samples}-s{seed}")
 
 
 def open_eval_data(spec: str, num_samples: int, seed: int = 0,

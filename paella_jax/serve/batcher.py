@@ -268,3 +268,22 @@ class _NoFuture:
   def done(self) -> bool:
     return True
 
+
+def warm_up_requests(pipe, every_mode: bool) -> list[Prepared]:
+  """The prepared requests whose groups are compiled before serving: generation, and with
+  `every_mode` inpainting, editing and (where the CLIP has a vision tower) variations of a grey
+  image at the model's size."""
+  from paella_jax import request
+  prepared = [pipe.prepare(request.Generate(prompts=("",)))]
+  if every_mode and pipe.has_codec:
+    factor = pipe.codec.module.factor
+    h, w = (side * factor for side in pipe.latent_shape)
+    image = np.full((h, w, 3), 0.5, np.float32)
+    prepared += [pipe.prepare(request.Inpaint(image=image, prompts=("",),
+                                              box=(0, 0, h // 2, w // 2))),
+                 pipe.prepare(request.Edit(image=image, prompts=("",)))]
+    try:
+      prepared.append(pipe.prepare(request.Vary(image=image)))
+    except ValueError:  # no vision tower: the mode answers 400 anyway
+      pass
+  return prepared

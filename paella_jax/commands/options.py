@@ -1,0 +1,31 @@
+"""Argument types and options the commands share, spelled and meaning the same everywhere."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from paella_jax.sampler_settings import OFF
+
+
+def number_or_off(text: str) -> float | str:
+  """A finite float, or "off" (guidance or typical filtering off)."""
+  if text == OFF:
+    return text
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a number or '{OFF}', got {text!r}") from None
+  if not math.isfinite(value):
+    raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+  return value
+
+
+def add_model_options(parser: argparse.ArgumentParser, default_checkpoint: str | None) -> None:
+  """--checkpoint and the encoders a model directory records (--clip, --vqgan, --byt5)."""
+  parser.add_argument("--checkpoint", default=default_checkpoint, required=not default_checkpoint,
+                      help="model directory written by paella-train or paella-convert")
+  parser.add_argument("--clip", help="CLIP checkpoint directory (default: the model's)")
+  parser.add_argument("--vqgan", help="VQGAN checkpoint directory (default: the model's)")
+  parser.add_argument("--byt5", help="ByT5 encoder checkpoint directory of a Paella v3 model "
+                      "(default: the model's)")
