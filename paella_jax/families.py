@@ -6,12 +6,12 @@
     family.sampler_defaults                     # model.json's "sampling" record
     conditioning = family.conditioning(pipe)    # prompts/images -> the model's conditioning rows
 
-An entry holds the facts (sampler defaults, latent size, training-batch fields, records format,
-converter command) and the conditioning of a pipeline: how prompts and images become the
-model's conditioning rows, what guidance's other half is, how editing noises codes and how
-interpolation mixes prompts. The sampler's per-family arithmetic (timesteps, renoising,
-guidance in one forward) lives with the sampler (`paella_jax.sampling`), the training losses
-with the step (`paella_jax.training.step`); both pick it by `Family.kind`.
+An entry holds the facts (model module, sampler defaults, latent size, text encoders, records
+format) and the conditioning of a pipeline: how prompts and images become the model's
+conditioning rows, what guidance's other half is, how editing noises codes and how
+interpolation mixes prompts. Arithmetic that belongs to one layer stays there, in a table keyed
+by `Family.kind`: the sampler's timesteps, renoising and guidance (`paella_jax.sampling`), the
+training losses (`training/step.py`) and batch fields (`training/partition.py`).
 
 Conditioning rows (`Conditioning`): v1 an array, (N, C) pooled or (N, h', w', C) spatial; v3 a
 dict of arrays with N rows each: byt5 (N, L, D), byt5_mask (N, L) bool, clip (N, C), clip_image
@@ -193,9 +193,7 @@ class Family:
   latent_shape: (h, w) of the released model's token maps.
   spatial: takes spatial conditioning (one embedding per latent position; `multi`).
   text_encoders: the encoders a prompt goes through, in model.json's "*_checkpoint" names.
-  batch_fields: the conditioning fields of a training batch (beside "tokens").
   records_format: the format tag of its pre-encoded records (`paella_jax.data.records`).
-  converter: the `paella-convert` subcommand of its released PyTorch weights.
   conditioning: the pipeline's conditioning class (`V1Conditioning`, `V3Conditioning`).
   """
   kind: str
@@ -206,18 +204,21 @@ class Family:
   latent_shape: tuple[int, int]
   spatial: bool
   text_encoders: tuple[str, ...]
-  batch_fields: tuple[str, ...]
   records_format: str
-  converter: str
   conditioning: type
 
   @property
+  def module(self):
+    """The token predictor's module: `build_model(config)`, `init_params(model, rng, shape)`."""
+    return importlib.import_module(self.model_module)
+
+  @property
   def model_type(self) -> type:
-    return getattr(importlib.import_module(self.model_module), self.model_class)
+    return getattr(self.module, self.model_class)
 
   def build_model(self, config):
     """The token predictor of a model config (`config.model` of a training config)."""
-    return importlib.import_module(self.model_module).build_model(config)
+    return self.module.build_model(config)
 
 
 PAELLA_V1 = Family(
@@ -230,8 +231,8 @@ PAELLA_V1 = Family(
         renoise_mode="start", start_step=0,
         modes=dict(inpaint=dict(cfg=6.0), outpaint=dict(cfg=4.0), interpolate=dict(cfg=4.0),
                    edit=dict(cfg=6.0, steps=24, start_step=8, renoise_mode="prev"))),
-    latent_shape=(32, 32), spatial=True, text_encoders=("clip",), batch_fields=("clip",),
-    records_format="paella-jax-records/1", converter="paella-v1", conditioning=V1Conditioning)
+    latent_shape=(32, 32), spatial=True, text_encoders=("clip",),
+    records_format="paella-jax-records/1", conditioning=V1Conditioning)
 
 PAELLA_V3 = Family(
     kind="paella_v3", title="Paella v3", model_module="paella_jax.models.paella_v3",
@@ -244,8 +245,7 @@ PAELLA_V3 = Family(
         temperature=(0.7, 0.3), renoise_mode="start", start_step=0,
         modes=dict(edit=dict(start_step=4))),
     latent_shape=(64, 64), spatial=False, text_encoders=("byt5", "clip"),
-    batch_fields=("byt5", "byt5_mask", "clip", "clip_image"),
-    records_format="paella-jax-records-v3/1", converter="paella-v3", conditioning=V3Conditioning)
+    records_format="paella-jax-records-v3/1", conditioning=V3Conditioning)
 
 FAMILIES = {family.kind: family for family in (PAELLA_V1, PAELLA_V3)}
 KINDS = tuple(FAMILIES)

@@ -134,7 +134,7 @@ def test_sample_command_with_prompts_writes_pngs_and_sidecars(tmp_path, tiny_che
   assert Image.open(out / "0003.png").size == (32, 32)
   assert Image.open(out / "grid.png").size == (2 * 34 + 2, 2 * 34 + 2)
   sidecar = json.load(open(out / "0002.json"))
-  assert sidecar["label"] == "a blue square" and sidecar["args"]["seed"] == 0
+  assert sidecar["label"] == "a blue square" and sidecar["request"]["seed"] == 0
   assert sidecar["sampler"]["cfg"] == 5.0 and sidecar["command"] == "generate"
 
 

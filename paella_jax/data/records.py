@@ -25,8 +25,10 @@ import socket
 
 import numpy as np
 
-FORMAT = "paella-jax-records/1"
-FORMAT_V3 = "paella-jax-records-v3/1"
+from paella_jax import families
+
+FORMAT = families.PAELLA_V1.records_format
+FORMAT_V3 = families.PAELLA_V3.records_format
 MANIFEST = "manifest.json"
 WRITER_OPTIONS = "group_size:1"  # one record per chunk: cheap random access for global shuffle
 

@@ -31,6 +31,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 
 from paella_jax.init_from_shapes import init_from_shapes
+from paella_jax import families
 from paella_jax.models import paella, paella_v3
 from paella_jax.sharding import batch_sharding, logical_shardings, make_mesh, with_logical_rules
 from paella_jax.training.step import (TrainState, init_params, init_state, make_optimizer,
@@ -54,8 +55,7 @@ class Trainer:
 
   @classmethod
   def create(cls, config, devices: Sequence[Any] | None = None) -> "Trainer":
-    v3 = config.get("kind", "paella_v1") == "paella_v3"
-    model = (paella_v3 if v3 else paella).build_model(config.model)
+    model = families.of_config(config).build_model(config.model)
     optimizer = make_optimizer(config.train)
     mesh = make_mesh(config.mesh, devices)
     rules = config.sharding.rules
@@ -132,18 +132,8 @@ class Trainer:
           f"global batch {b} is not divisible by the {shards} batch shards (mesh axes {axes} of "
           f"{dict(self.mesh.shape)}) x grad_accum_steps {self.config.train.grad_accum_steps}: "
           "change the batch, config.mesh.shape or the rule for 'batch' in config.sharding.rules")
-    shapes = {"tokens": ((*self.config.latent_shape,), jnp.int32)}
-    if isinstance(self.model, paella_v3.PaellaV3):
-      length = byt5_length or max(self.config.data.byt5_buckets)
-      width, clip = self.model.byt5_embd, self.model.clip_embd
-      shapes.update(byt5_mask=((length,), jnp.bool_), clip=((clip,), jnp.float32),
-                    clip_empty=((clip,), jnp.float32), clip_image=((clip,), jnp.float32))
-      if self.text_encoder is not None:
-        shapes.update(byt5_ids=((length,), jnp.int32))
-      else:
-        shapes.update(byt5=((length, width), jnp.float32), byt5_empty=((1, width), jnp.float32))
-    else:
-      shapes.update(clip=((self.model.c_clip,), jnp.float32))
+    shapes = _CONDITIONING_FIELDS[families.of_model(self.model).kind](self, byt5_length)
+    shapes["tokens"] = ((*self.config.latent_shape,), jnp.int32)
     return {name: jax.ShapeDtypeStruct((b, *shape), dtype, sharding=self.batch_sharding)
             for name, (shape, dtype) in shapes.items()}
 
@@ -152,6 +142,27 @@ class Trainer:
     its `cost_analysis()` and `memory_analysis()`."""
     return self.step.lower(self.abstract_state(), self.abstract_batch(batch_size, byt5_length),
                            *self.abstract_text_args()).compile()
+
+
+def _v1_fields(trainer: Trainer, byt5_length: int | None) -> dict[str, tuple]:
+  """A v1 batch's conditioning: {name: (per-row shape, dtype)}."""
+  return {"clip": ((trainer.model.c_clip,), jnp.float32)}
+
+
+def _v3_fields(trainer: Trainer, byt5_length: int | None) -> dict[str, tuple]:
+  """A v3 batch's conditioning (ByT5 inputs of `byt5_length` tokens, by default the longest
+  bucket; byte ids when the step encodes them, else states): {name: (per-row shape, dtype)}."""
+  length = byt5_length or max(trainer.config.data.byt5_buckets)
+  width, clip = trainer.model.byt5_embd, trainer.model.clip_embd
+  fields = dict(byt5_mask=((length,), jnp.bool_), clip=((clip,), jnp.float32),
+                clip_empty=((clip,), jnp.float32), clip_image=((clip,), jnp.float32))
+  if trainer.text_encoder is not None:
+    return dict(fields, byt5_ids=((length,), jnp.int32))
+  return dict(fields, byt5=((length, width), jnp.float32), byt5_empty=((1, width), jnp.float32))
+
+
+# The conditioning fields of each model family's training batch (paella_jax/families.py).
+_CONDITIONING_FIELDS = {"paella_v1": _v1_fields, "paella_v3": _v3_fields}
 
 
 def _state_shapes(model, optimizer, config, unbox: bool = True) -> TrainState:
@@ -164,7 +175,7 @@ def _state_shapes(model, optimizer, config, unbox: bool = True) -> TrainState:
 def v3_text_input(config) -> str | None:
   """What a config's data gives a v3 step for the caption: "ids" (ByT5 byte ids, encoded in the
   step) or "states" (hidden states); None for v1. config.data.byt5, "states" when absent."""
-  if config.get("kind", "paella_v1") != "paella_v3":
+  if "byt5" not in families.of_config(config).text_encoders:
     return None
   byt5 = config.data.get("byt5", "states")
   if byt5 not in ("ids", "states"):

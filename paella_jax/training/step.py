@@ -29,7 +29,7 @@ import optax
 from flax import linen as nn
 
 from paella_jax.byt5_tokenizer import EOS_ID
-from paella_jax.models import paella, paella_v3
+from paella_jax import families
 from paella_jax.noise import add_noise, replace_tokens, sample_v3_noise_level
 
 
@@ -67,8 +67,7 @@ def make_optimizer(cfg: Mapping[str, Any]) -> optax.GradientTransformation:
 def init_params(model: nn.Module, rng: jax.Array, latent_shape: tuple[int, int],
                 unbox: bool = True):
   """Fresh parameters of the model's family (see `init_state` for `unbox`)."""
-  family = paella_v3 if isinstance(model, paella_v3.PaellaV3) else paella
-  return family.init_params(model, rng, latent_shape, unbox)
+  return families.of_model(model).module.init_params(model, rng, latent_shape, unbox)
 
 
 def state_from_params(params, optimizer: optax.GradientTransformation, rng: jax.Array,
@@ -116,9 +115,7 @@ def loss_and_metrics(params, model: nn.Module, batch: Mapping[str, jax.Array], r
                      ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The loss and metrics of the model's family (see the module docstring); `encode` (v3):
   (ids (B, L), mask (B, L)) -> ByT5 states (B, L, byt5_embd), for batches of "byt5_ids"."""
-  if isinstance(model, paella_v3.PaellaV3):
-    return v3_loss_and_metrics(params, model, batch, rng, cfg, encode)
-  return v1_loss_and_metrics(params, model, batch, rng, cfg)
+  return _LOSSES[families.of_model(model).kind](params, model, batch, rng, cfg, encode)
 
 
 def v1_loss_and_metrics(params, model: nn.Module, batch: Mapping[str, jax.Array], rng: jax.Array,
@@ -202,6 +199,14 @@ def v3_loss_and_metrics(params, model: nn.Module, batch: Mapping[str, jax.Array]
   else:
     loss, accuracy = scored(None)
   return loss, {"loss": loss, "accuracy": accuracy}
+
+
+# The loss of each model family (paella_jax/families.py): (params, model, batch, rng, cfg, encode).
+_LOSSES = {
+    "paella_v1": lambda params, model, batch, rng, cfg, encode: v1_loss_and_metrics(
+        params, model, batch, rng, cfg),
+    "paella_v3": v3_loss_and_metrics,
+}
 
 
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
