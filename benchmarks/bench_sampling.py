@@ -42,7 +42,7 @@ from paella_jax.hardware import GiB, out_of_memory
 from paella_jax.models import paella, paella_v3
 from paella_jax.models.paella import count_params
 from paella_jax.noise import add_noise
-from paella_jax.sampler_settings import family_defaults
+from paella_jax import families
 from paella_jax.sampling import draw_codes, guided_logits, sample, typical_filter
 
 
@@ -199,8 +199,7 @@ def number_or_pair(text: str):
 def sampler_settings(config, args) -> dict:
   """The family's sampler defaults (steps, cfg, typical mass, temperature) with the arguments
   given on top."""
-  kind = config.get("kind", "paella_v1")
-  defaults = family_defaults(kind)
+  defaults = families.of_config(config).sampler_defaults
   settings = {k: defaults[k] for k in ("steps", "cfg", "typical_mass", "temperature")}
   settings.update({k: getattr(args, k) for k in ("steps", "cfg", "typical_mass") if hasattr(args, k)})
   return settings
