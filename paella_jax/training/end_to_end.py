@@ -32,7 +32,7 @@ from paella_jax.data.read import open_data, pick_captions, stage1_images
 from paella_jax.encoders.clip import ClipEncoder, load_clip, save_random_clip
 from paella_jax.encoders.vq import VQGANCodec, load_vqgan
 from paella_jax.images import make_grid, save_png
-from paella_jax.training.loop import model_kind, train as train_paella
+from paella_jax.training.loop import train as train_paella
 from paella_jax.training.vqgan_loop import train_vqgan
 
 
@@ -62,13 +62,13 @@ def run(config, workdir: str, progress: bool = True) -> dict:
   if not os.path.isdir(path("clip")):
     save_random_clip(path("clip"), config.clip)
   encoder = ClipEncoder(*load_clip(path("clip")), batch_size=256)
-  v3 = model_kind(config.paella) == "paella_v3"
-  byt5 = _random_byt5(config.paella.byt5, path("byt5")) if v3 else None
+  uses_byt5 = "byt5" in families.of_config(config.paella).text_encoders
+  byt5 = _random_byt5(config.paella.byt5, path("byt5")) if uses_byt5 else None
   if not os.path.isfile(path("data", "manifest.json")):
     options = dict(size=config.vqgan.image_size, crop=config.data.crop, seed=config.data.seed,
                    batch_size=256)
     preparer = (V3Preparer(codec, encoder, byt5_max_length=max(config.paella.data.byt5_buckets),
-                           **options) if v3 else Preparer(codec, encoder, **options))
+                           **options) if uses_byt5 else Preparer(codec, encoder, **options))
     preparer.run(open_data(config.data), path("data"), progress=progress)
   clock.lap("prepare")
 
@@ -76,7 +76,7 @@ def run(config, workdir: str, progress: bool = True) -> dict:
   paella.data.update(source="records", path=path("data"))
   # The exported model names these encoders, so paella-sample needs no flags.
   paella.export.update(clip_checkpoint="../../clip", vqgan_checkpoint="../../vqgan/model")
-  if v3:
+  if uses_byt5:
     paella.export.byt5_checkpoint = "../../byt5"
   if not os.path.isdir(path("paella", "model")):
     train_paella(paella, path("paella"), progress=progress)
