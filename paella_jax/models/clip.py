@@ -27,14 +27,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from paella_jax.models.activations import ACTIVATIONS
+
 # Normalisation of pixels in [0, 1] used by every CLIP release.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-ACTIVATIONS = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
-}
 TEXT_POOLING = ("argmax", "eos")
 
 

@@ -29,12 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-ACTIVATIONS = {
-    "relu": jax.nn.relu,
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),  # the tanh approximation
-    "silu": jax.nn.silu,
-}
+from paella_jax.models.activations import ACTIVATIONS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,15 +32,9 @@ import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
 
-Dtype = Any
+from paella_jax.models.activations import ACTIVATIONS
 
-ACTIVATIONS = {
-    "swish": nn.swish,
-    "silu": nn.swish,
-    "relu": nn.relu,
-    "gelu": lambda x: nn.gelu(x, approximate=False),
-    "mish": lambda x: x * jnp.tanh(nn.softplus(x)),
-}
+Dtype = Any
 
 
 # ----------------------------------------------------------------------------------------------
