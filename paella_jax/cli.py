@@ -23,6 +23,11 @@ EXPECTED_ERRORS = (ValueError, OSError)
 DEBUG_FLAG = "--debug"
 
 
+def one_line(error: BaseException) -> str:
+  """An exception's message as one line (its lines joined), or its type's name when empty."""
+  return " ".join(line.strip() for line in str(error).splitlines()) or type(error).__name__
+
+
 @contextlib.contextmanager
 def one_line_errors(debug: bool = False) -> Iterator[None]:
   """Turns an expected failure inside the block into one line `error: ...` on stderr (a
@@ -32,8 +37,7 @@ def one_line_errors(debug: bool = False) -> Iterator[None]:
   except EXPECTED_ERRORS as e:
     if debug:
       raise
-    message = " ".join(line.strip() for line in str(e).splitlines()) or type(e).__name__
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {one_line(e)}", file=sys.stderr)
     raise SystemExit(2) from None
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 
+from paella_jax.cli import one_line
+
 DIRECTORY_FILES = ["*.json", "*.txt", "*.model"]  # configs and tokenizer files
 WEIGHTS = (".safetensors", ".bin")                # in order of preference
 NOT_DIRECTORY_FILES = ["open_clip_*"]              # open_clip's files: converted from FILE
@@ -44,10 +46,10 @@ def fetch(repo: str, filename: str | None = None) -> str:
         break
     return directory
   except errors.HFValidationError as e:
-    raise ValueError(f"--from-hub {what}: {repo!r} is not a Hub repo id ({_one_line(e)})") from e
+    raise ValueError(f"--from-hub {what}: {repo!r} is not a Hub repo id ({one_line(e):.200})") from e
   except errors.RepositoryNotFoundError as e:  # also gated or private without a token
     raise FileNotFoundError(f"--from-hub {what}: the Hub has no repo {repo} this machine may "
-                            f"read ({_one_line(e)})") from e
+                            f"read ({one_line(e):.200})") from e
   except errors.RemoteEntryNotFoundError as e:
     raise FileNotFoundError(f"--from-hub {what}: the repo {repo} has no file {filename}") from e
   except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled) as e:
@@ -55,15 +57,10 @@ def fetch(repo: str, filename: str | None = None) -> str:
     raise FileNotFoundError(f"--from-hub {what}: not in the Hugging Face cache "
                             f"({constants.HF_HUB_CACHE}){offline}; {download}") from e
   except errors.HfHubHTTPError as e:
-    raise OSError(f"--from-hub {what}: the Hub refused ({_one_line(e)}); {download}") from e
+    raise OSError(f"--from-hub {what}: the Hub refused ({one_line(e):.200}); {download}") from e
 
 
 def _holds(directory: str, suffix: str) -> bool:
   """Whether a file below `directory` (not one of open_clip's) ends with `suffix`."""
   return any(name.endswith(suffix) and not name.startswith("open_clip_")
              for _, _, names in os.walk(directory) for name in names)
-
-
-def _one_line(error: BaseException) -> str:
-  text = " ".join(str(error).split())
-  return text if len(text) <= 200 else text[:197] + "..."

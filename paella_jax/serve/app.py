@@ -26,6 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from paella_jax.cli import one_line
 from paella_jax.serve import requests
 from paella_jax.serve.batcher import Batcher
 from paella_jax.serve.metrics import Metrics
@@ -40,10 +41,6 @@ def png_base64(image) -> str:
   out = io.BytesIO()
   Image.fromarray(to_uint8(image)).save(out, format="PNG")
   return base64.b64encode(out.getvalue()).decode()
-
-
-def _one_line(error: Exception) -> str:
-  return " ".join(line.strip() for line in str(error).splitlines()) or type(error).__name__
 
 
 def create_app(pipe, batcher: Batcher, metrics: Metrics, *, inputs_dir: str,
@@ -106,9 +103,9 @@ def create_app(pipe, batcher: Batcher, metrics: Metrics, *, inputs_dir: str,
                                                  await request.body())
       codes, images = await asyncio.wait_for(batcher.submit(prepared), timeout_s)
     except requests.BadRequest as e:
-      return e.status, {"error": _one_line(e)}
+      return e.status, {"error": one_line(e)}
     except (ValueError, OSError) as e:
-      return 400, {"error": _one_line(e)}
+      return 400, {"error": one_line(e)}
     except asyncio.TimeoutError:
       return 503, {"error": f"not answered within {timeout_s:g} s (--timeout-s); the server is "
                             "busy, retry later"}
