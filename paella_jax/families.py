@@ -74,7 +74,7 @@ def as_rows(cond: Conditioning) -> Conditioning:
   return np.asarray(cond, np.float32)
 
 
-# --------------------------------------------------------------------------- conditioning per family
+# --------------------------------------------------------------------------- per-family conditioning
 
 class V1Conditioning:
   """v1: CLIP text embeddings (N, c_clip), pooled or spatial; the sampler guides against zeros.

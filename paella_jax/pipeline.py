@@ -1,6 +1,6 @@
-"""The inference pipeline: a token predictor with its text encoders and VQ codec; it samples requests.
+"""The inference pipeline: a token predictor, its text encoders and VQ codec; it samples requests.
 
-    pipe = Pipeline.from_checkpoint("ckpts/paella_v1")          # CLIP and VQGAN as model.json records
+    pipe = Pipeline.from_checkpoint("ckpts/paella_v1")   # CLIP and VQGAN as model.json records
     result = pipe.generate("a red fox in the snow", num_images=4, seed=0)
     result.images        # (4, 256, 256, 3) float32 in [0, 1]; result.codes (4, 32, 32) int32
     pipe.inpaint(image, "a red hat", box=(0, 64, 128, 192))

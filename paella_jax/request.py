@@ -12,8 +12,9 @@ request (`paella_jax.sidecars`), so any image can be regenerated from it.
 
 Inputs (`image`, inpainting's `mask`, multi's `labels`, generation's `embeddings`) are file
 paths or arrays (images (H, W, 3) uint8 or float in [0, 1], or PIL images); a path is read when
-the request is prepared. Only a request whose inputs are paths can be recorded. `settings` overrides the checkpoint's sampler
-settings for the mode (`SamplerSettings` field names; "off" turns cfg or typical filtering off).
+the request is prepared. Only a request whose inputs are paths can be recorded. `settings`
+overrides the checkpoint's sampler settings for the mode (`SamplerSettings` field names; "off"
+turns cfg or typical filtering off).
 """
 
 from __future__ import annotations

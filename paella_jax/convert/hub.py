@@ -46,7 +46,8 @@ def fetch(repo: str, filename: str | None = None) -> str:
         break
     return directory
   except errors.HFValidationError as e:
-    raise ValueError(f"--from-hub {what}: {repo!r} is not a Hub repo id ({one_line(e):.200})") from e
+    raise ValueError(f"--from-hub {what}: {repo!r} is not a Hub repo id "
+                     f"({one_line(e):.200})") from e
   except errors.RepositoryNotFoundError as e:  # also gated or private without a token
     raise FileNotFoundError(f"--from-hub {what}: the Hub has no repo {repo} this machine may "
                             f"read ({one_line(e):.200})") from e
