@@ -110,7 +110,8 @@ def compiled():
 def restore(workdir):
   """A state trained 2 steps on mesh (2, 2, 2), saved, restored onto (1, 8, 1) and (2, 4, 1):
   the restored shardings and params, and one more step's loss on each mesh."""
-  from paella_jax.training.loop import checkpoint_manager, restore_checkpoint, save_checkpoint
+  from paella_jax.training.checkpointing import (checkpoint_manager, restore_checkpoint,
+                                                 save_checkpoint)
   from paella_jax.training.partition import Trainer
   batches = random_batches(3)
   config = tiny_config(3, (2, 2, 2))

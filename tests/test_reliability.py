@@ -184,7 +184,7 @@ def _manager(workdir):
 
 
 def _save(workdir, states):
-  from paella_jax.training.loop import save_checkpoint
+  from paella_jax.training.checkpointing import save_checkpoint
   manager = _manager(workdir)
   for state in states:
     save_checkpoint(manager, state, {"position": int(state.step)})

@@ -155,3 +155,20 @@ def test_fine_tuning_starts_from_an_inference_checkpoint(tmp_path):
   other.train.init_from = config.train.init_from
   with pytest.raises(ValueError, match="but the config trains"):
     train(other, str(tmp_path / "other"), progress=False)
+
+
+def test_train_refuses_a_batch_that_does_not_divide_over_the_devices(tmp_path):
+  """Batch 6 on 8 (virtual) devices: one line naming the batch and the shards, exit status 2,
+  before any data is read or a step compiled (nothing written in the workdir)."""
+  import os
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  done = subprocess.run([sys.executable, "train.py", "--config", "tiny",
+                         "--config.train.batch_size=6", "--config.data.source=arrays",
+                         f"--config.data.path={tmp_path / 'missing.npz'}",
+                         f"--workdir={tmp_path / 'run'}", "--noprogress"],
+                        cwd=ROOT, env=env, capture_output=True, text=True)
+  assert done.returncode == 2, done.stderr[-2000:]
+  (line,) = done.stderr.strip().splitlines()
+  assert line.startswith("error: global batch 6 is not divisible by the 8 batch shards"), line
+  assert not list((tmp_path / "run").glob("checkpoints/*"))

@@ -1,4 +1,5 @@
-"""Training checkpoints in WORKDIR/checkpoints: the Orbax manager, and restoring the newest
+"""Training checkpoints in WORKDIR/checkpoints, the one module that writes and reads them: the
+Orbax manager, saving (the train state and the data iterator's state), and restoring the newest
 checkpoint that can be read.
 
 A step that cannot be restored (a truncated or damaged file) is reported in one warning line
@@ -33,6 +34,14 @@ def checkpoint_manager(workdir: str, config):
                                          enable_async_checkpointing=True)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
                                options=options)
+
+
+def save_checkpoint(manager, state: TrainState, data_state: dict, force: bool = False) -> None:
+  """Saves `state` and the data iterator's JSON state as step `state.step` (asynchronously;
+  `force` saves even off the manager's interval, e.g. on preemption)."""
+  import orbax.checkpoint as ocp
+  manager.save(int(state.step), force=force, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
 
 
 def restore_checkpoint(manager, abstract_state: TrainState) -> tuple[TrainState, dict] | None:

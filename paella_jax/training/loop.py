@@ -20,36 +20,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from paella_jax import families
 from paella_jax.checkpoint import load_model, save_model
 from paella_jax.data.arrays import (ArrayBatcher, check_token_arrays, load_token_arrays,
                                     random_token_arrays, v3_arrays)
 from paella_jax.hardware import chip_info
 from paella_jax.metrics import MetricWriter
 from paella_jax.models.paella import count_params
-from paella_jax.models.paella_v3 import PaellaV3, build_model as build_v3
 from paella_jax.sharding import global_batch, process_rows
-from paella_jax.training.checkpointing import checkpoint_manager, restore_checkpoint
+from paella_jax.training.checkpointing import (checkpoint_manager, restore_checkpoint,
+                                               save_checkpoint)
 from paella_jax.training.partition import Trainer, v3_text_input
 from paella_jax.training.step import TrainState
-
-KINDS = ("paella_v1", "paella_v3")
-
-
-def model_kind(config) -> str:
-  """The token predictor family a config trains: config.kind, "paella_v1" when absent."""
-  kind = config.get("kind", "paella_v1")
-  if kind not in KINDS:
-    raise ValueError(f"unknown kind {kind!r} (one of {KINDS})")
-  return kind
-
 
 def make_batcher(config, state: dict | None = None, rows: slice | None = None):
   """The config's data source ("random"; "arrays": an .npz file or a directory; "records":
   a directory written by paella_jax.data.prepare; "images": raw images encoded on the fly, see
   docs/data.md), yielding this process's `rows` of each global batch."""
+  return _BATCHERS[families.of_config(config).kind](config, state, rows)
+
+
+def _v1_batcher(config, state, rows):
+  """Paella v1: "records", "images" (`paella_jax.data.loader`), "random" or "arrays"."""
   m = config.model
-  if model_kind(config) == "paella_v3":
-    return _v3_batcher(config, state, rows)
   if config.data.source in ("records", "images"):
     from paella_jax.data.loader import batcher_from_config
     return batcher_from_config(config, state, rows)
@@ -68,7 +61,7 @@ def make_batcher(config, state: dict | None = None, rows: slice | None = None):
 def _v3_batcher(config, state, rows):
   """Paella v3: "records" (`paella-prepare --family v3`), "random" or "arrays" (an .npz, see
   `paella_jax.data.arrays.v3_arrays`), with ByT5 byte ids or states as config.data.byt5 says."""
-  d, t, model = config.data, config.train, build_v3(config.model)
+  d, t, model = config.data, config.train, families.PAELLA_V3.build_model(config.model)
   byt5 = v3_text_input(config)
   if d.source == "records":
     from paella_jax.data.loader import V3RecordBatcher
@@ -86,6 +79,10 @@ def _v3_batcher(config, state, rows):
   return ArrayBatcher(tokens, clip, t.batch_size, t.seed, state, rows, extra=arrays)
 
 
+# The data sources of each model family's training (paella_jax/families.py).
+_BATCHERS = {"paella_v1": _v1_batcher, "paella_v3": _v3_batcher}
+
+
 def bucketed(batch: dict, buckets) -> dict:
   """A v3 batch with its ByT5 inputs fitted to the smallest bucket that holds every process's
   longest caption (so every process gives the same shape, and jit sees len(buckets) at most)."""
@@ -95,12 +92,6 @@ def bucketed(batch: dict, buckets) -> dict:
     from jax.experimental import multihost_utils
     length = int(np.max(multihost_utils.process_allgather(np.int32(length))))
   return fit_byt5(batch, length)
-
-
-def save_checkpoint(manager, state: TrainState, data_state: dict, force: bool = False) -> None:
-  import orbax.checkpoint as ocp
-  manager.save(int(state.step), force=force, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
 
 
 class PreemptionFlag:
@@ -128,6 +119,7 @@ def train(config, workdir: str, progress: bool = True) -> TrainState:
   """Trains the token predictor of `config` in `workdir`; returns the final state."""
   preemption = PreemptionFlag()
   trainer = Trainer.create(config)
+  trainer.check_batch(config.train.batch_size)  # before any data is read or step compiled
   manager = checkpoint_manager(workdir, config)
   restored = restore_checkpoint(manager, trainer.abstract_state())
   state, data_state = restored if restored is not None else (trainer.init(), None)
@@ -195,8 +187,7 @@ def train(config, workdir: str, progress: bool = True) -> TrainState:
 def load_initial_params(state: TrainState, ckpt_dir: str, model) -> TrainState:
   """Fine-tuning: the params (and EMA) of `state` replaced by an inference checkpoint's, placed
   with the state's shardings; the optimizer starts fresh. The architectures must match."""
-  kind = "paella_v3" if isinstance(model, PaellaV3) else "paella_v1"
-  _, config, params = load_model(ckpt_dir, expected_kind=kind)
+  _, config, params = load_model(ckpt_dir, expected_kind=families.of_model(model).kind)
   if config != model.architecture():
     raise ValueError(f"{ckpt_dir} holds {config}, but the config trains {model.architecture()}")
   place = lambda new, old: jax.device_put(jnp.asarray(new, old.dtype), old.sharding)
@@ -225,7 +216,7 @@ def export_model(state: TrainState, model, out_dir: str, config) -> str | None:
                     ))(weights)
   if jax.process_index() != 0:
     return None
-  return save_model(out_dir, weights, model_kind(config), model.architecture(),
+  return save_model(out_dir, weights, families.of_config(config).kind, model.architecture(),
                     meta={"latent_shape": list(config.latent_shape),
                           "sampling": config.sampling.to_dict(),
                           "weights": config.export.weights, "dtype": config.export.dtype,

@@ -119,19 +119,25 @@ class Trainer:
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                         shapes, self.state_shardings)
 
+  def check_batch(self, batch_size: int) -> int:
+    """`batch_size` if it divides over the mesh's batch shards x grad_accum_steps; otherwise a
+    one-line ValueError naming the batch, the shards and what to change."""
+    spec = self.batch_sharding.spec[0]
+    axes = spec if isinstance(spec, tuple) else (spec,) if spec else ()
+    shards = math.prod(self.mesh.shape[a] for a in axes)
+    if batch_size % (shards * self.config.train.grad_accum_steps):
+      raise ValueError(
+          f"global batch {batch_size} is not divisible by the {shards} batch shards (mesh axes "
+          f"{axes} of {dict(self.mesh.shape)}) x grad_accum_steps "
+          f"{self.config.train.grad_accum_steps}: change train.batch_size, config.mesh.shape or "
+          "the rule for 'batch' in config.sharding.rules")
+    return batch_size
+
   def abstract_batch(self, batch_size: int | None = None, byt5_length: int | None = None
                      ) -> dict[str, jax.ShapeDtypeStruct]:
     """The global batch as ShapeDtypeStructs with the batch sharding (v3: ByT5 inputs of
     `byt5_length` tokens, by default the longest bucket)."""
-    b = batch_size or self.config.train.batch_size
-    spec = self.batch_sharding.spec[0]
-    axes = spec if isinstance(spec, tuple) else (spec,) if spec else ()
-    shards = math.prod(self.mesh.shape[a] for a in axes)
-    if b % (shards * self.config.train.grad_accum_steps):
-      raise ValueError(
-          f"global batch {b} is not divisible by the {shards} batch shards (mesh axes {axes} of "
-          f"{dict(self.mesh.shape)}) x grad_accum_steps {self.config.train.grad_accum_steps}: "
-          "change the batch, config.mesh.shape or the rule for 'batch' in config.sharding.rules")
+    b = self.check_batch(batch_size or self.config.train.batch_size)
     shapes = _CONDITIONING_FIELDS[families.of_model(self.model).kind](self, byt5_length)
     shapes["tokens"] = ((*self.config.latent_shape,), jnp.int32)
     return {name: jax.ShapeDtypeStruct((b, *shape), dtype, sharding=self.batch_sharding)

@@ -26,8 +26,9 @@ from paella_jax.encoders.vq import save_vqgan
 from paella_jax.metrics import MetricWriter
 from paella_jax.models.vqgan import check_images, vqgan_from_config
 from paella_jax.training import vqgan as steps
-from paella_jax.training.loop import (_progress, checkpoint_manager, restore_checkpoint,
-                                      save_checkpoint)
+from paella_jax.training.checkpointing import (checkpoint_manager, restore_checkpoint,
+                                               save_checkpoint)
+from paella_jax.training.loop import _progress
 
 
 def batch_indices(seed: int, step: int, num_images: int, batch_size: int) -> np.ndarray:
