@@ -1,6 +1,5 @@
-"""Ahead-of-time compile of the sharded train step for a TPU topology, on any machine.
-
-    python -m paella_jax.aot --config paella_v1 --topology v5e:16x16 --global-batch 1408
+"""Ahead-of-time compile of the sharded train step for a TPU topology, on any machine
+(paella-aot: paella_jax/commands/aot.py).
 
 Builds the config's mesh over the topology's abstract devices (libtpu, from `jax[tpu]`), lowers
 and compiles the real train step with the config's shardings, and reports per-device memory
@@ -18,20 +17,10 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
-import sys
 
 import jax
-from absl import flags
-from ml_collections import config_flags
 
 from paella_jax.hardware import GiB, chip_info, out_of_memory
-
-config_flags.DEFINE_config_file("config", None, "Config file (get_config()).", lock_config=False)
-flags.DEFINE_string("topology", "v5e:2x2", "TPU topology, e.g. v5e:16x16, v4:2x2x2, v5p:4x4x4.")
-flags.DEFINE_integer("num_slices", 1, "Number of slices (multi-slice; see config.mesh.dcn_shape).")
-flags.DEFINE_integer("global_batch", None, "Global batch (default: config.train.batch_size).")
-flags.DEFINE_bool("debug", False, "Show the traceback of expected failures.")
-
 
 class DoesNotFit(Exception):
   """The compiler itself found that the step exceeds the chip's HBM."""
@@ -126,34 +115,3 @@ def compile_report(config, devices, topology: str, global_batch: int | None = No
                 memory.argument_size_in_bytes, memory.temp_size_in_bytes,
                 memory.output_size_in_bytes, memory.alias_size_in_bytes,
                 float(cost.get("flops", 0.0)), info[1] if info else None)
-
-
-def main(argv):
-  del argv
-  config = flags.FLAGS.config
-  if config is None:
-    raise ValueError("--config is required (a preset, e.g. paella_v1, or a config file)")
-  if "JAX_PLATFORMS" not in os.environ:
-    jax.config.update("jax_platforms", "cpu")  # the host only traces; a local TPU stays free
-  devices = tpu_devices(flags.FLAGS.topology, flags.FLAGS.num_slices)
-  try:
-    report = compile_report(config, devices, flags.FLAGS.topology, flags.FLAGS.global_batch)
-  except DoesNotFit as e:
-    print(f"{e}\nDOES NOT FIT")
-    sys.exit(1)
-  print(report)
-  sys.exit(0 if report.fits is not False else 1)
-
-
-def cli_main() -> None:
-  """The `paella-aot` command (also `python -m paella_jax.aot`)."""
-  from paella_jax.cli import DEBUG_FLAG, one_line_errors, run_absl
-  from paella_jax.configs import with_config_file
-  argv = [a.replace("--global-batch", "--global_batch", 1) for a in sys.argv]
-  with one_line_errors(DEBUG_FLAG in argv):
-    argv = with_config_file(argv)  # --config paella_v1: the preset's file
-  run_absl(main, argv)
-
-
-if __name__ == "__main__":
-  cli_main()

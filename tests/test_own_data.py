@@ -50,8 +50,8 @@ def test_presets_resolve_by_name_and_paths_pass_through(tmp_path):
 
 
 def test_every_trainable_preset_names_its_job():
-  # paella_jax.commands.train.JOBS, not imported: it defines absl flags that paella_jax.aot
-  # also defines, and tests share a process.
+  # paella_jax.commands.train.JOBS, not imported: it defines absl flags that
+  # paella_jax.commands.aot also defines, and tests share a process.
   from paella_jax.configs import load
   JOBS = ("pipeline", "vqgan", "paella")
   jobs = {name: load(name).job for name in ("demo", "demo_v3", "folder", "tiny", "tiny_v3",

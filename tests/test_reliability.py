@@ -356,12 +356,12 @@ def test_prompt_bytes_that_are_not_utf8_are_one_line(tiny_checkpoints, tmp_path)
     ("debug", "ValueError: --topology v9z:2x2: Invalid TPU external name"),
 ])
 def test_aot_fails_in_one_line(args, expected, tmp_path):
-  command = ["-m", "paella_jax.aot", "--config", "configs/tiny.py"]
+  command = ["-m", "paella_jax.commands.aot", "--config", "configs/tiny.py"]
   env = {}
   if args == "no libtpu":
     env = {"TPU_LIBRARY_PATH": None}
     command = ["-c", "import sys; sys.modules['libtpu'] = None; sys.argv[0] = 'aot'; "
-               "from paella_jax.aot import cli_main; cli_main()", "--config", "configs/tiny.py"]
+               "from paella_jax.commands.aot import cli_main; cli_main()", "--config", "configs/tiny.py"]
   elif args == "debug":
     command += ["--topology", "v9z:2x2", "--debug"]
   else:

@@ -69,8 +69,8 @@ def test_two_processes_equal_one_and_restore_onto_another_mesh(tmp_path):
                               "--config.mesh.shape=(2,2,1)", "--noprogress"]
   procs = [subprocess.Popen(
       [sys.executable, "train.py", "--config", "configs/tiny.py", *flags,
-       f"--workdir={tmp_path / 'multi'}", f"--coordinator_address=localhost:{port}",
-       "--num_processes=2", f"--process_id={i}", "--cpu_collectives=gloo"],
+       f"--workdir={tmp_path / 'multi'}", f"--coordinator-address=localhost:{port}",
+       "--num-processes=2", f"--process-id={i}", "--cpu-collectives=gloo"],
       cwd=ROOT, env=env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
   worker(8, "train", tmp_path / "saved8", 4, "[2, 4, 1]")
@@ -117,7 +117,7 @@ def test_sigterm_saves_a_checkpoint_and_partial_saves_are_ignored(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
                     reason="libtpu not installed (pip install 'jax[tpu]')")
 def test_aot_compile_for_a_tpu_topology():
-  out = subprocess.run([sys.executable, "-m", "paella_jax.aot", "--config", "configs/tiny.py",
+  out = subprocess.run([sys.executable, "-m", "paella_jax.commands.aot", "--config", "configs/tiny.py",
                         "--topology", "v5e:2x2", "--global-batch", "32",
                         "--config.mesh.shape=(2,2,1)"],
                        cwd=ROOT, capture_output=True, text=True, timeout=600,

@@ -103,8 +103,8 @@ def test_checkpoint_restores_onto_other_meshes(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
                     reason="libtpu not installed (pip install 'jax[tpu]')")
 def test_aot_two_slices_data_parallel_across_fsdp_and_tensor_within():
-  out = subprocess.run([sys.executable, "-m", "paella_jax.aot", "--config", "configs/tiny.py",
-                        "--topology", "v5e:2x2", "--num_slices", "2", "--global-batch", "32",
+  out = subprocess.run([sys.executable, "-m", "paella_jax.commands.aot", "--config", "configs/tiny.py",
+                        "--topology", "v5e:2x2", "--num-slices", "2", "--global-batch", "32",
                         "--config.mesh.shape=(1,2,2)", "--config.mesh.dcn_shape=(2,1,1)",
                         "--config.model.remat=block"],
                        cwd=ROOT, capture_output=True, text=True, timeout=600,

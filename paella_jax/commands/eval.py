@@ -1,4 +1,4 @@
-"""paella-eval: zero-shot FID, CLIP score and (for the demo's model) prompt adherence of a checkpoint.
+"""paella-eval: zero-shot FID, CLIP score and (for the demo's model) prompt adherence.
 
     paella-eval --checkpoint ckpts/paella_v1 --data coco/ --num-samples 30000 \
         --inception ckpts/inception_fid --clip-score-model ckpts/clip_vit_l14 \

@@ -14,7 +14,7 @@ Any config field can be overridden on the command line (--config.train.total_ste
 
 Multi-host (every host runs the same command): on a TPU pod slice or a cluster JAX detects
 (SLURM, ...) add --multihost; elsewhere name the coordinator and the process:
-    paella-train ... --coordinator_address=host0:1234 --num_processes=2 --process_id=0
+    paella-train ... --coordinator-address=host0:1234 --num-processes=2 --process-id=0
 
 Expected failures (bad data, a workdir of another model, ...) print one line `error: ...` and
 exit with status 2; --debug shows the traceback instead.
@@ -41,10 +41,10 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the mo
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 flags.DEFINE_bool("multihost", False, "jax.distributed.initialize() from the environment "
                   "(TPU pod slices, SLURM, ...).")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (explicit multi-host).")
-flags.DEFINE_integer("num_processes", None, "Number of processes (explicit multi-host).")
-flags.DEFINE_integer("process_id", None, "This process's index (explicit multi-host).")
-flags.DEFINE_enum("cpu_collectives", None, ["gloo", "mpi"],
+flags.DEFINE_string("coordinator-address", None, "host:port of process 0 (explicit multi-host).")
+flags.DEFINE_integer("num-processes", None, "Number of processes (explicit multi-host).")
+flags.DEFINE_integer("process-id", None, "This process's index (explicit multi-host).")
+flags.DEFINE_enum("cpu-collectives", None, ["gloo", "mpi"],
                   "Collectives between CPU processes (multi-process runs without accelerators).")
 flags.DEFINE_bool("debug", False, "Show the traceback of expected failures.")
 FLAGS = flags.FLAGS
@@ -52,10 +52,12 @@ FLAGS = flags.FLAGS
 
 def initialize_distributed():
   import jax
-  if FLAGS.cpu_collectives:
-    jax.config.update("jax_cpu_collectives_implementation", FLAGS.cpu_collectives)
-  if FLAGS.coordinator_address or FLAGS.num_processes or FLAGS.process_id is not None:
-    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  collectives, coordinator = FLAGS["cpu-collectives"].value, FLAGS["coordinator-address"].value
+  processes, process = FLAGS["num-processes"].value, FLAGS["process-id"].value
+  if collectives:
+    jax.config.update("jax_cpu_collectives_implementation", collectives)
+  if coordinator or processes or process is not None:
+    jax.distributed.initialize(coordinator, processes, process)
   elif FLAGS.multihost:
     jax.distributed.initialize()
 
