@@ -18,7 +18,7 @@ import pytest
 import torch
 import transformers
 
-from paella_jax.convert import __main__ as convert_cli
+from paella_jax.commands import convert as convert_cli
 from paella_jax.convert.clip import _config_from_hf, clip_from_pretrained, open_clip_config
 from paella_jax.encoders.clip import ClipEncoder, load_clip, random_clip, save_clip
 from paella_jax.convert.torch_io import CheckpointMismatchError

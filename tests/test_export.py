@@ -13,7 +13,7 @@ import torch
 
 from paella_jax.checkpoint import load_model, save_model
 from paella_jax.convert import paella_v1_from_torch, paella_v3_from_torch, vqgan_from_torch
-from paella_jax.convert.__main__ import main
+from paella_jax.commands.convert import main
 from paella_jax.convert.to_torch import EXPORT_RECORD, to_torch, torch_state_dict
 from paella_jax.encoders.vq import save_vqgan
 from paella_jax.models.paella import build_model

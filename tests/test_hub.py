@@ -11,7 +11,7 @@ import torch
 
 from paella_jax.checkpoint import load_model, read_model_description
 from paella_jax.cli import run_main
-from paella_jax.convert.__main__ import main
+from paella_jax.commands.convert import main
 from tests.conftest import FIXTURES
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

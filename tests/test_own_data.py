@@ -142,7 +142,7 @@ def test_stage1_command_on_a_folder(tmp_path):
 
 def test_saved_random_clip_reloads_bit_identical(tmp_path):
   from paella_jax.configs import clip_tiny
-  from paella_jax.convert.__main__ import main
+  from paella_jax.commands.convert import main
   from paella_jax.encoders.clip import ClipEncoder, load_clip, random_clip
   out = str(tmp_path / "clip")
   main(["clip-random", "--config", "clip_tiny", out])

@@ -126,7 +126,7 @@ def _v1_file(tmp_path, c_r):
 
 @pytest.mark.parametrize("existing", ["foreign", "checkpoint_with_extra_file", "file"])
 def test_convert_overwrite_replaces_only_our_checkpoints(existing, tmp_path, capsys):
-  from paella_jax.convert.__main__ import main
+  from paella_jax.commands.convert import main
   out = tmp_path / "out"
   if existing == "file":
     out.write_text("notes")
@@ -144,7 +144,7 @@ def test_convert_overwrite_replaces_only_our_checkpoints(existing, tmp_path, cap
 
 
 def test_convert_overwrite_replaces_a_checkpoint_and_changes_its_id(tmp_path, capsys):
-  from paella_jax.convert.__main__ import main
+  from paella_jax.commands.convert import main
   out = tmp_path / "out"
   save_model(out, _params(), "test", {})
   old_id = checkpoint_id(out)
@@ -157,7 +157,7 @@ def test_convert_overwrite_replaces_a_checkpoint_and_changes_its_id(tmp_path, ca
 
 
 def test_convert_names_the_c_r_option(tmp_path, capsys):
-  from paella_jax.convert.__main__ import main
+  from paella_jax.commands.convert import main
   path = _v1_file(tmp_path, c_r=16)
   line = _cli_error(capsys, main, ["paella-v1", str(path), str(tmp_path / "out")])
   assert "--c-r" in line and "conditioning width 48" in line

@@ -20,7 +20,7 @@ from transformers.models.t5.modeling_t5 import T5Attention
 
 from configs import byt5_xl, t5_tiny
 from paella_jax.byt5_tokenizer import ByT5Tokenizer
-from paella_jax.convert import __main__ as convert_cli
+from paella_jax.commands import convert as convert_cli
 from paella_jax.convert import t5_encoder_from_pretrained
 from paella_jax.convert.torch_io import CheckpointMismatchError
 from paella_jax.encoders.byt5 import (ByT5Encoder, load_t5_encoder, random_t5_encoder,

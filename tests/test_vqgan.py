@@ -210,7 +210,7 @@ def test_diffusers_paella_vq(tmp_path):
 # ---------------------------------------------------------------------------------- API
 
 def test_checkpoint_roundtrip_and_cli(rudalle, tmp_path):
-  from paella_jax.convert.__main__ import main
+  from paella_jax.commands.convert import main
   module, params, io = rudalle
   assert vqgan_from_config(vqgan_config(module)) == module
   out = tmp_path / "vq"

@@ -15,7 +15,7 @@ def sample() -> None:
 
 def convert() -> None:
   """paella-convert: PyTorch weights -> paella-jax checkpoints, and back (to-torch)."""
-  from paella_jax.convert.__main__ import main
+  from paella_jax.commands.convert import main
   run_main(main)
 
 

@@ -17,7 +17,6 @@ Command line:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -314,25 +313,15 @@ def clip_from_pretrained(path: str | os.PathLike, arch: str | ClipConfig | None 
 
 # ----------------------------------------------------------------------------- command line
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("src", help="Hugging Face CLIPModel directory or open_clip checkpoint file")
-  parser.add_argument("out_dir", help="output checkpoint directory")
-  parser.add_argument("--arch", default=None,
-                      help=f"open_clip architecture ({', '.join(OPEN_CLIP_ARCHS)}); "
-                           "needed for open_clip files")
-  parser.add_argument("--text-only", action="store_true",
-                      help="keep only the text tower (all that Paella v1 needs)")
-  parser.add_argument("--param-dtype", default="float32", choices=("float32", "bfloat16"),
-                      help="storage dtype of the written parameters")
-  parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
-
-
-def run(args: argparse.Namespace) -> None:
-  model, params, tokenizer = clip_from_pretrained(args.src, args.arch, text_only=args.text_only,
-                                                  param_dtype=jnp.dtype(args.param_dtype))
+def write_checkpoint(*, src: str, out_dir: str, arch: str | None = None, text_only: bool = False,
+                     param_dtype: str = "float32", overwrite: bool = False) -> str:
+  """Converts and writes the checkpoint (the paella-convert subcommand's arguments as
+  keywords); returns a one-line summary."""
+  model, params, tokenizer = clip_from_pretrained(src, arch, text_only=text_only,
+                                                  param_dtype=jnp.dtype(param_dtype))
   n_params = sum(x.size for x in jax.tree.leaves(params))
-  meta = {"source": os.path.abspath(args.src), "arch": args.arch, "param_dtype": args.param_dtype}
-  out = save_clip(args.out_dir, model, params, tokenizer, meta=meta, overwrite=args.overwrite)
+  meta = {"source": os.path.abspath(src), "arch": arch, "param_dtype": param_dtype}
+  out = save_clip(out_dir, model, params, tokenizer, meta=meta, overwrite=overwrite)
   towers = "text" if model.config.vision is None else "text + vision"
-  print(f"wrote CLIP ({towers}, {n_params:,} parameters, embeddings of "
-        f"{model.config.projection_dim}) to {out}")
+  return (f"wrote CLIP ({towers}, {n_params:,} parameters, embeddings of "
+          f"{model.config.projection_dim}) to {out}")

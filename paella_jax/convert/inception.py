@@ -74,15 +74,11 @@ def inception_from_torch(source, resize_to: int | None = 299) -> tuple[Inception
 # Command line
 
 
-def add_arguments(parser) -> None:
-  parser.add_argument("checkpoint", help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth")
-  parser.add_argument("out_dir", help="where to write the paella-jax checkpoint")
-  parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
-
-
-def run(args) -> None:
-  module, params = inception_from_torch(args.checkpoint)
-  out = save_inception(args.out_dir, module, params, overwrite=args.overwrite,
-                       meta={"source": os.path.basename(args.checkpoint)})
+def write_checkpoint(*, checkpoint: str, out_dir: str, overwrite: bool = False) -> str:
+  """Converts and writes the checkpoint (the paella-convert subcommand's arguments as
+  keywords); returns a one-line summary."""
+  module, params = inception_from_torch(checkpoint)
+  out = save_inception(out_dir, module, params, overwrite=overwrite,
+                       meta={"source": os.path.basename(checkpoint)})
   n = sum(np.size(x) for x in jax.tree.leaves(params))
-  print(f"wrote the FID Inception v3 ({n:,} parameters, BatchNorm folded) to {out}")
+  return f"wrote the FID Inception v3 ({n:,} parameters, BatchNorm folded) to {out}"

@@ -10,7 +10,6 @@ told apart from c_clip and is an argument.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 from typing import Any, Mapping
@@ -149,18 +148,14 @@ def flax_shapes(model: DenoiseUNet) -> dict[tuple[str, ...], tuple[int, ...]]:
   return {k: tuple(v.shape) for k, v in flatten_dict(abstract).items()}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("checkpoint", help="PyTorch state_dict, e.g. model_600000.pt")
-  parser.add_argument("out_dir", help="output checkpoint directory (loaded by sample.py)")
-  parser.add_argument("--c-r", type=int, default=64, help="timestep embedding width (64)")
-  parser.add_argument("--overwrite", action="store_true", help="replace an existing out_dir")
-
-
-def run(args: argparse.Namespace) -> None:
+def write_checkpoint(*, checkpoint: str, out_dir: str, c_r: int = 64,
+                     overwrite: bool = False) -> str:
+  """Converts and writes the checkpoint (the paella-convert subcommand's arguments as
+  keywords); returns a one-line summary."""
   from paella_jax.models.paella import count_params
-  model, params = paella_v1_from_torch(args.checkpoint, c_r=args.c_r)
-  out = save_model(args.out_dir, params, KIND, model.architecture(),
-                   meta={"source": os.path.abspath(args.checkpoint),
+  model, params = paella_v1_from_torch(checkpoint, c_r=c_r)
+  out = save_model(out_dir, params, KIND, model.architecture(),
+                   meta={"source": os.path.abspath(checkpoint),
                          "sampling": dict(families.get(KIND).sampler_defaults)},
-                   overwrite=args.overwrite)
-  print(f"converted {count_params(params):,} parameters {model.architecture()} -> {out}")
+                   overwrite=overwrite)
+  return f"converted {count_params(params):,} parameters {model.architecture()} -> {out}"

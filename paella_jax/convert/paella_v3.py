@@ -15,7 +15,6 @@ directory), so that `sample.py --checkpoint checkpoints/paella_v3` finds them.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 from typing import Any, Mapping, Sequence
@@ -228,22 +227,6 @@ def _flax_shapes(model: PaellaV3) -> dict[tuple[str, ...], tuple[int, ...]]:
   return {k: tuple(v.shape) for k, v in flatten_dict(abstract).items()}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("checkpoint", help="PyTorch state_dict, e.g. paella_v3.pt")
-  parser.add_argument("out_dir", help="output checkpoint directory")
-  parser.add_argument("--nhead", type=int, nargs="+", default=list(RELEASE_NHEAD),
-                      help="attention heads per level, -1 for levels without attention "
-                           "(release: -1 16 16)")
-  parser.add_argument("--no-self-attn", dest="self_attn", action="store_false",
-                      help="attention over the conditioning only (release: with image tokens)")
-  for name, what in (("byt5", "ByT5 encoder (python -m paella_jax.convert t5)"),
-                     ("clip", "CLIP-H (python -m paella_jax.convert clip)"),
-                     ("vqgan", "f4 VQ (python -m paella_jax.convert vqgan)")):
-    parser.add_argument(f"--{name}", help=f"the converted {what} checkpoint directory to "
-                        "record in model.json")
-  parser.add_argument("--overwrite", action="store_true", help="replace an existing out_dir")
-
-
 def encoder_records(out_dir: str, **paths: str | None) -> dict[str, str]:
   """model.json meta entries naming a model's encoders, e.g. {"clip_checkpoint": "../clip"}:
   each given path relative to the model directory `out_dir` (`checkpoint.recorded_path`
@@ -252,14 +235,18 @@ def encoder_records(out_dir: str, **paths: str | None) -> dict[str, str]:
           for key, path in paths.items() if path}
 
 
-def run(args: argparse.Namespace) -> None:
+def write_checkpoint(*, checkpoint: str, out_dir: str, nhead=RELEASE_NHEAD, self_attn: bool = True,
+                     byt5: str | None = None, clip: str | None = None, vqgan: str | None = None,
+                     overwrite: bool = False) -> str:
+  """Converts and writes the checkpoint (the paella-convert subcommand's arguments as
+  keywords); returns a one-line summary."""
   from paella_jax.models.paella import count_params
-  model, params = paella_v3_from_torch(args.checkpoint, nhead=args.nhead,
-                                       self_attn=args.self_attn)
-  out = save_model(args.out_dir, params, KIND, model.architecture(),
-                   meta={"source": os.path.abspath(args.checkpoint),
+  model, params = paella_v3_from_torch(checkpoint, nhead=nhead,
+                                       self_attn=self_attn)
+  out = save_model(out_dir, params, KIND, model.architecture(),
+                   meta={"source": os.path.abspath(checkpoint),
                          "sampling": dict(families.get(KIND).sampler_defaults),
-                         **encoder_records(args.out_dir, byt5=args.byt5, clip=args.clip,
-                                           vqgan=args.vqgan)},
-                   overwrite=args.overwrite)
-  print(f"converted {count_params(params):,} parameters {model.architecture()} -> {out}")
+                         **encoder_records(out_dir, byt5=byt5, clip=clip,
+                                           vqgan=vqgan)},
+                   overwrite=overwrite)
+  return f"converted {count_params(params):,} parameters {model.architecture()} -> {out}"

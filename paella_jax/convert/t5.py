@@ -19,7 +19,6 @@ Command line:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from typing import Any, Mapping
@@ -152,23 +151,16 @@ def t5_encoder_from_pretrained(path: str | os.PathLike, *, dtype: Any = jnp.floa
 
 # ----------------------------------------------------------------------------- command line
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("src", help="Hugging Face T5/ByT5 directory (e.g. google/byt5-xl)")
-  parser.add_argument("out_dir", help="output checkpoint directory")
-  parser.add_argument("--param-dtype", default="float32", choices=("float32", "bfloat16"),
-                      help="storage dtype of the written parameters")
-  parser.add_argument("--max-length", type=int, default=768,
-                      help="the tokenizer's maximum length in bytes, </s> included")
-  parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
-
-
-def run(args: argparse.Namespace) -> None:
+def write_checkpoint(*, src: str, out_dir: str, param_dtype: str = "float32", max_length: int = 768,
+                     overwrite: bool = False) -> str:
+  """Converts and writes the checkpoint (the paella-convert subcommand's arguments as
+  keywords); returns a one-line summary."""
   model, params, tokenizer = t5_encoder_from_pretrained(
-      args.src, param_dtype=jnp.dtype(args.param_dtype), max_length=args.max_length)
+      src, param_dtype=jnp.dtype(param_dtype), max_length=max_length)
   n_params = sum(x.size for x in jax.tree.leaves(params))
-  meta = {"source": os.path.abspath(args.src), "param_dtype": args.param_dtype}
-  out = save_t5_encoder(args.out_dir, model, params, tokenizer, meta=meta,
-                        overwrite=args.overwrite)
+  meta = {"source": os.path.abspath(src), "param_dtype": param_dtype}
+  out = save_t5_encoder(out_dir, model, params, tokenizer, meta=meta,
+                        overwrite=overwrite)
   kind = "ByT5" if tokenizer is not None else "T5 (no byte tokenizer: bring its SentencePiece one)"
-  print(f"wrote {kind} encoder ({model.config.num_layers} layers, {n_params:,} parameters, "
-        f"d_model {model.config.d_model}) to {out}")
+  return (f"wrote {kind} encoder ({model.config.num_layers} layers, {n_params:,} parameters, "
+          f"d_model {model.config.d_model}) to {out}")

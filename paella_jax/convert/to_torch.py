@@ -23,7 +23,6 @@ directory this exporter wrote.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -334,20 +333,11 @@ def to_torch(checkpoint_dir: str | os.PathLike, out: str | os.PathLike, upcast: 
 # Command line
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("checkpoint", help="paella-jax checkpoint directory (model.json + params), "
-                      "e.g. WORKDIR/model from training")
-  parser.add_argument("out", help="output: .pt/.pth/.bin (state_dict), .ckpt (taming/Lightning "
-                      "{'state_dict': ...}), .safetensors, or no suffix for a diffusers directory")
-  parser.add_argument("--upcast", action="store_true",
-                      help="write bfloat16 params as float32 (default: as stored)")
-  parser.add_argument("--overwrite", action="store_true",
-                      help="replace OUT if it is a file or a directory this command wrote")
-
-
-def run(args: argparse.Namespace) -> None:
-  out = to_torch(args.checkpoint, args.out, upcast=args.upcast, overwrite=args.overwrite)
-  record = _record(args.checkpoint, checkpoint.read_model_description(args.checkpoint),
-                   args.upcast)
-  print(f"wrote the {record['kind']} model of {args.checkpoint} ({record['weights']} weights, "
-        f"{record['dtype']}) to {out}")
+def write_checkpoint(*, source: str, out: str, upcast: bool = False,
+                     overwrite: bool = False) -> str:
+  """Exports the paella-jax checkpoint `source` to `out` (paella-convert to-torch's arguments
+  as keywords); returns a one-line summary."""
+  out = to_torch(source, out, upcast=upcast, overwrite=overwrite)
+  record = _record(source, checkpoint.read_model_description(source), upcast)
+  return (f"wrote the {record['kind']} model of {source} ({record['weights']} weights, "
+          f"{record['dtype']}) to {out}")

@@ -358,22 +358,14 @@ def vqgan_from_torch(source, resolution: int = 256, norm_groups: int = 32,
 # Command line
 
 
-def add_arguments(parser) -> None:
-  parser.add_argument("checkpoint", help="taming/ruDALL-E .ckpt, or a diffusers VQModel / "
-                      "PaellaVQModel directory")
-  parser.add_argument("out_dir", help="where to write the paella-jax checkpoint")
-  parser.add_argument("--resolution", type=int, default=256,
-                      help="nominal training resolution of a taming checkpoint (default 256)")
-  parser.add_argument("--norm-groups", type=int, default=32,
-                      help="GroupNorm groups of a taming checkpoint (default 32)")
-  parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
-
-
-def run(args) -> None:
-  module, params = vqgan_from_torch(args.checkpoint, resolution=args.resolution,
-                                    norm_groups=args.norm_groups)
-  out = save_vqgan(args.out_dir, module, params, overwrite=args.overwrite,
-                   meta={"source": os.path.basename(os.path.normpath(args.checkpoint))})
+def write_checkpoint(*, checkpoint: str, out_dir: str, resolution: int = 256, norm_groups: int = 32,
+                     overwrite: bool = False) -> str:
+  """Converts and writes the checkpoint (the paella-convert subcommand's arguments as
+  keywords); returns a one-line summary."""
+  module, params = vqgan_from_torch(checkpoint, resolution=resolution,
+                                    norm_groups=norm_groups)
+  out = save_vqgan(out_dir, module, params, overwrite=overwrite,
+                   meta={"source": os.path.basename(os.path.normpath(checkpoint))})
   n = sum(np.size(x) for x in jax.tree.leaves(params))
-  print(f"wrote {type(module).__name__} ({n:,} parameters, f={module.factor}, "
-        f"{module.n_embed} codes) to {out}")
+  return (f"wrote {type(module).__name__} ({n:,} parameters, f={module.factor}, "
+          f"{module.n_embed} codes) to {out}")
