@@ -3,7 +3,6 @@ random ByT5, CLIP and VQGAN saved as checkpoint directories."""
 
 import json
 
-import jax
 import numpy as np
 import pytest
 

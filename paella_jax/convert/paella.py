@@ -10,19 +10,15 @@ told apart from c_clip and is an argument.
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Any, Mapping
 
 import jax.numpy as jnp
 import numpy as np
 
-from paella_jax.checkpoint import save_model
-from paella_jax.convert.torch_io import (CheckpointMismatchError, check_state_dict,
-                                         load_torch_file, set_path, to_numpy_state_dict,
-                                         unwrap_state_dict)
+from paella_jax.convert.torch_io import (CheckpointMismatchError, load_state_dict, param_shapes,
+                                         params_from_state_dict, write_predictor)
 from paella_jax.models.paella import DenoiseUNet, build_model, init_params
-from paella_jax import families
 
 KIND = "paella_v1"
 
@@ -125,37 +121,22 @@ def paella_v1_from_torch(path_or_state_dict, c_r: int = 64, dtype=jnp.float32
   Raises CheckpointMismatchError naming missing, unexpected and mis-shaped keys when the
   checkpoint is not a v1 DenoiseUNet.
   """
-  if isinstance(path_or_state_dict, (str, os.PathLike)):
-    path_or_state_dict = load_torch_file(path_or_state_dict)
-  sd = to_numpy_state_dict(unwrap_state_dict(path_or_state_dict))
+  sd = load_state_dict(path_or_state_dict)
   model = build_model(dict(infer_architecture(sd, c_r), dtype=dtype))
-  mapping = key_map(model)
-  shapes = flax_shapes(model)
-  expected = {tk: tuple(TORCH_SHAPE[kind](shapes[fp])) for tk, fp, kind in mapping}
-  check_state_dict(sd, expected, f"Paella v1 DenoiseUNet {model.architecture()}")
-  params: dict = {}
-  for torch_key, flax_path, kind in mapping:
-    set_path(params, flax_path, np.array(TO_FLAX[kind](sd[torch_key]), np.float32))
+  params = params_from_state_dict(sd, key_map(model), flax_shapes(model), TORCH_SHAPE,
+                                  lambda kind, w, shape: TO_FLAX[kind](w),
+                                  f"Paella v1 DenoiseUNet {model.architecture()}")
   return model, params
 
 
 def flax_shapes(model: DenoiseUNet) -> dict[tuple[str, ...], tuple[int, ...]]:
-  """Shapes of the model's params by path, from an abstract (eval_shape) initialisation."""
-  import jax
-  from flax.traverse_util import flatten_dict
-  factor = 2 ** len(model.down_levels)  # the smallest latent the model accepts
-  abstract = jax.eval_shape(lambda: init_params(model, jax.random.key(0), (factor, factor)))
-  return {k: tuple(v.shape) for k, v in flatten_dict(abstract).items()}
+  """Shapes of the model's params by path (the smallest latent: 2 ** levels)."""
+  return param_shapes(model, init_params, 2 ** len(model.down_levels))
 
 
 def write_checkpoint(*, checkpoint: str, out_dir: str, c_r: int = 64,
                      overwrite: bool = False) -> str:
   """Converts and writes the checkpoint (the paella-convert subcommand's arguments as
   keywords); returns a one-line summary."""
-  from paella_jax.models.paella import count_params
   model, params = paella_v1_from_torch(checkpoint, c_r=c_r)
-  out = save_model(out_dir, params, KIND, model.architecture(),
-                   meta={"source": os.path.abspath(checkpoint),
-                         "sampling": dict(families.get(KIND).sampler_defaults)},
-                   overwrite=overwrite)
-  return f"converted {count_params(params):,} parameters {model.architecture()} -> {out}"
+  return write_predictor(KIND, model, params, checkpoint, out_dir, overwrite)

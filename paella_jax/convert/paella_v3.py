@@ -22,12 +22,9 @@ from typing import Any, Mapping, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from paella_jax.checkpoint import save_model
-from paella_jax.convert.torch_io import (CheckpointMismatchError, check_state_dict,
-                                         load_torch_file, set_path, to_numpy_state_dict,
-                                         unwrap_state_dict)
+from paella_jax.convert.torch_io import (CheckpointMismatchError, load_state_dict, param_shapes,
+                                         params_from_state_dict, write_predictor)
 from paella_jax.models.paella_v3 import PaellaV3, build_model, init_params, level_blocks
-from paella_jax import families
 
 KIND = "paella_v3"
 RELEASE_NHEAD = (-1, 16, 16)
@@ -203,28 +200,17 @@ def paella_v3_from_torch(path_or_state_dict, nhead: Sequence[int] = RELEASE_NHEA
   `dtype` is the model's compute dtype. Raises CheckpointMismatchError naming missing,
   unexpected and mis-shaped keys when the checkpoint is not a v3 `Paella`.
   """
-  if isinstance(path_or_state_dict, (str, os.PathLike)):
-    path_or_state_dict = load_torch_file(path_or_state_dict)
-  sd = to_numpy_state_dict(unwrap_state_dict(path_or_state_dict))
+  sd = load_state_dict(path_or_state_dict)
   model = build_model(dict(infer_architecture(sd, nhead, self_attn, c_r), dtype=dtype))
-  mapping = key_map(model)
-  flax_shapes = _flax_shapes(model)
-  expected = {tk: tuple(_TORCH_SHAPE[kind](flax_shapes[fp])) for tk, fp, kind in mapping}
-  check_state_dict(sd, expected, f"Paella v3 {model.architecture()}")
-  params: dict = {}
-  for torch_key, flax_path, kind in mapping:
-    value = _TO_FLAX[kind](sd[torch_key], flax_shapes[flax_path])
-    set_path(params, flax_path, np.array(value, np.float32).reshape(flax_shapes[flax_path]))
+  params = params_from_state_dict(sd, key_map(model), _flax_shapes(model), _TORCH_SHAPE,
+                                  lambda kind, w, shape: _TO_FLAX[kind](w, shape),
+                                  f"Paella v3 {model.architecture()}")
   return model, params
 
 
 def _flax_shapes(model: PaellaV3) -> dict[tuple[str, ...], tuple[int, ...]]:
-  """Shapes of the model's params by path, from an abstract (eval_shape) initialisation."""
-  import jax
-  from flax.traverse_util import flatten_dict
-  f = model.latent_factor
-  abstract = jax.eval_shape(lambda: init_params(model, jax.random.key(0), (f, f)))
-  return {k: tuple(v.shape) for k, v in flatten_dict(abstract).items()}
+  """Shapes of the model's params by path (the smallest latent: the latent factor)."""
+  return param_shapes(model, init_params, model.latent_factor)
 
 
 def encoder_records(out_dir: str, **paths: str | None) -> dict[str, str]:
@@ -235,18 +221,11 @@ def encoder_records(out_dir: str, **paths: str | None) -> dict[str, str]:
           for key, path in paths.items() if path}
 
 
-def write_checkpoint(*, checkpoint: str, out_dir: str, nhead=RELEASE_NHEAD, self_attn: bool = True,
-                     byt5: str | None = None, clip: str | None = None, vqgan: str | None = None,
-                     overwrite: bool = False) -> str:
+def write_checkpoint(*, checkpoint: str, out_dir: str, nhead=RELEASE_NHEAD,
+                     self_attn: bool = True, byt5: str | None = None, clip: str | None = None,
+                     vqgan: str | None = None, overwrite: bool = False) -> str:
   """Converts and writes the checkpoint (the paella-convert subcommand's arguments as
   keywords); returns a one-line summary."""
-  from paella_jax.models.paella import count_params
-  model, params = paella_v3_from_torch(checkpoint, nhead=nhead,
-                                       self_attn=self_attn)
-  out = save_model(out_dir, params, KIND, model.architecture(),
-                   meta={"source": os.path.abspath(checkpoint),
-                         "sampling": dict(families.get(KIND).sampler_defaults),
-                         **encoder_records(out_dir, byt5=byt5, clip=clip,
-                                           vqgan=vqgan)},
-                   overwrite=overwrite)
-  return f"converted {count_params(params):,} parameters {model.architecture()} -> {out}"
+  model, params = paella_v3_from_torch(checkpoint, nhead=nhead, self_attn=self_attn)
+  return write_predictor(KIND, model, params, checkpoint, out_dir, overwrite,
+                         **encoder_records(out_dir, byt5=byt5, clip=clip, vqgan=vqgan))

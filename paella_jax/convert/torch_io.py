@@ -88,3 +88,52 @@ def set_path(tree: dict, path: tuple[str, ...], value) -> None:
   for name in path[:-1]:
     tree = tree.setdefault(name, {})
   tree[path[-1]] = value
+
+
+def load_state_dict(path_or_state_dict) -> dict[str, np.ndarray]:
+  """A checkpoint file's (or a given) state_dict as numpy arrays, unwrapped from
+  {"state_dict": ...} and DistributedDataParallel's "module." prefix."""
+  if isinstance(path_or_state_dict, (str, os.PathLike)):
+    path_or_state_dict = load_torch_file(path_or_state_dict)
+  return to_numpy_state_dict(unwrap_state_dict(path_or_state_dict))
+
+
+def param_shapes(model, init_params, side: int) -> dict[tuple[str, ...], tuple[int, ...]]:
+  """Shapes of a token predictor's params by path, from an abstract (eval_shape)
+  initialisation `init_params(model, rng, (side, side))` (side: the smallest latent it takes)."""
+  import jax
+  from flax.traverse_util import flatten_dict
+  abstract = jax.eval_shape(lambda: init_params(model, jax.random.key(0), (side, side)))
+  return {k: tuple(v.shape) for k, v in flatten_dict(abstract).items()}
+
+
+def params_from_state_dict(state_dict: Mapping[str, np.ndarray], key_map, shapes: Mapping,
+                           torch_shape, to_flax, what: str) -> dict:
+  """The Flax params of a PyTorch state_dict, both families' converters' skeleton.
+
+  key_map: (torch key, flax path, kind) triples; shapes: the Flax shapes by path;
+  torch_shape[kind](flax shape) -> the PyTorch shape; to_flax(kind, array, flax shape) -> the
+  Flax array. The state_dict is checked first (`check_state_dict`, naming missing, unexpected
+  and mis-shaped keys of `what`). Returns float32 numpy params.
+  """
+  expected = {tk: tuple(torch_shape[kind](shapes[fp])) for tk, fp, kind in key_map}
+  check_state_dict(state_dict, expected, what)
+  params: dict = {}
+  for torch_key, flax_path, kind in key_map:
+    value = to_flax(kind, state_dict[torch_key], shapes[flax_path])
+    set_path(params, flax_path, np.array(value, np.float32).reshape(shapes[flax_path]))
+  return params
+
+
+def write_predictor(kind: str, model, params, source: str, out_dir: str, overwrite: bool,
+                    **meta) -> str:
+  """Writes a converted token predictor (`checkpoint.save_model`) with its source, its
+  family's sampler defaults and `meta` in model.json; returns a one-line summary."""
+  from paella_jax import families
+  from paella_jax.checkpoint import save_model
+  from paella_jax.models.paella import count_params
+  out = save_model(out_dir, params, kind, model.architecture(),
+                   meta={"source": os.path.abspath(source),
+                         "sampling": dict(families.get(kind).sampler_defaults), **meta},
+                   overwrite=overwrite)
+  return f"converted {count_params(params):,} parameters {model.architecture()} -> {out}"
