@@ -224,7 +224,7 @@ def test_on_the_fly_batches_resume_exactly(raw, encoders):
 def test_cli(raw, encoders, tmp_path, capsys):
   from paella_jax.encoders.clip import save_clip
   from paella_jax.encoders.vq import save_vqgan
-  from paella_jax.data.prepare import main
+  from paella_jax.commands.prepare import main
   codec, encoder = encoders
   save_vqgan(str(tmp_path / "vqgan"), codec.module, codec.params)
   save_clip(str(tmp_path / "clip"), encoder.model, encoder.params, encoder.tokenizer)

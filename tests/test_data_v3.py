@@ -166,7 +166,7 @@ def test_prepare_v3_resumes_and_refuses_other_settings(encoders, tmp_path):
 def test_prepare_command_v3(tiny_checkpoints, tmp_path, capsys):
   """paella-prepare --family v3 from a folder of images with .txt captions."""
   from PIL import Image
-  from paella_jax.data.prepare import main
+  from paella_jax.commands.prepare import main
   images, captions = scene_data(3, seed=3)
   for i, (image, caption) in enumerate(zip(images, captions)):
     Image.fromarray(image).save(tmp_path / f"{i}.png")

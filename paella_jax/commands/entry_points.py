@@ -21,7 +21,7 @@ def convert() -> None:
 
 def prepare() -> None:
   """paella-prepare: images and captions -> pre-encoded ArrayRecord shards."""
-  from paella_jax.data.prepare import main
+  from paella_jax.commands.prepare import main
   run_main(main)
 
 
