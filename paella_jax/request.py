@@ -20,11 +20,9 @@ turns cfg or typical filtering off).
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, ClassVar, Mapping
 
-import numpy as np
-
+from paella_jax.checks import finite, integer, to_json
 from paella_jax.sampler_settings import OFF, SamplerSettings
 from paella_jax.tokenizer import check_prompts
 
@@ -33,24 +31,13 @@ SEED_RANGE = (-2 ** 63, 2 ** 63 - 1)
 SETTING_NAMES = tuple(f.name for f in dataclasses.fields(SamplerSettings))
 
 
-def _integer(value: Any, name: str, low: int | None = None, high: int | None = None) -> int:
-  """An integer in [low, high] (either bound may be absent)."""
-  if isinstance(value, np.integer):
-    value = int(value)
-  if (isinstance(value, bool) or not isinstance(value, int)
-      or (low is not None and value < low) or (high is not None and value > high)):
-    span = "" if low is None else f" >= {low}" if high is None else f" in [{low}, {high}]"
-    raise ValueError(f"{name} must be an integer{span}, got {value!r:.80}")
-  return value
-
-
 def _integers(value: Any, name: str, count: int, low: int = 0) -> tuple[int, ...] | None:
   """None, or `count` integers >= low as a tuple."""
   if value is None:
     return None
   if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != count:
     raise ValueError(f"{name} must be {count} integers, got {value!r:.80}")
-  return tuple(_integer(v, name, low) for v in value)
+  return tuple(integer(v, name, low) for v in value)
 
 
 def prompt_tuple(value: Any, least: int = 1) -> tuple[str, ...]:
@@ -116,8 +103,8 @@ class Request:
 
   def __post_init__(self):
     set_ = lambda name, value: object.__setattr__(self, name, value)
-    set_("num_images", _integer(self.num_images, "num_images", 1))
-    set_("seed", _integer(self.seed, "seed", *SEED_RANGE))
+    set_("num_images", integer(self.num_images, "num_images", 1))
+    set_("seed", integer(self.seed, "seed", *SEED_RANGE))
     if self.negative_prompt is not None:
       set_("negative_prompt", prompt_tuple(self.negative_prompt)[0])
     set_("settings", _settings(self.settings))
@@ -141,16 +128,8 @@ class Request:
       if f.name in self.FILES and value is not None and not isinstance(value, str):
         raise ValueError(f"{self.MODE}: {f.name} was given as an array, which a record cannot "
                          "hold; give it as a file path to record the request")
-      record[f.name] = _json(value)
+      record[f.name] = to_json(value)
     return record
-
-
-def _json(value):
-  if isinstance(value, tuple):
-    return [_json(v) for v in value]
-  if isinstance(value, Mapping):
-    return {k: _json(v) for k, v in value.items()}
-  return value
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -187,7 +166,7 @@ class Inpaint(Request):
     self._set("image", _image(self.image, "image"))
     self._set("prompts", prompt_tuple(self.prompts))
     if (self.mask is None) == (self.box is None):
-      raise ValueError("inpainting needs a mask or a box (exactly one)")
+      raise ValueError("inpainting needs a mask image or a box (top, left, bottom, right), exactly one")
     self._set("mask", _image(self.mask, "mask", required=False))
     self._set("box", _integers(self.box, "box", 4))
 
@@ -245,7 +224,7 @@ class Interpolate(Request):
 
   def check(self):
     self._set("prompts", prompt_tuple(self.prompts, least=2))
-    self._set("frames", _integer(self.frames, "frames", 2))
+    self._set("frames", integer(self.frames, "frames", 2))
     _choice(self.mode, "mode", ("lerp", "slerp"))
 
 
@@ -265,9 +244,8 @@ class Multi(Request):
   def check(self):
     self._set("prompts", prompt_tuple(self.prompts))
     _choice(self.layout, "layout", ("columns", "rows"))
-    if (isinstance(self.blend, bool) or not isinstance(self.blend, (int, float))
-        or not math.isfinite(self.blend) or self.blend < 0):
-      raise ValueError(f"blend must be a finite number >= 0, got {self.blend!r:.80}")
+    if finite(self.blend, "blend") < 0:
+      raise ValueError(f"blend must be >= 0, got {self.blend!r:.80}")
     self._set("latent_shape", _integers(self.latent_shape, "latent_shape", 2, 1))
 
 

@@ -18,28 +18,15 @@ for the rows of several calls sampled together.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from paella_jax.checks import finite, integer, to_json
+
 RENOISE_MODES = ("start", "prev", "rand")
 MODES = ("generate", "inpaint", "outpaint", "edit", "vary", "interpolate", "multi")
 OFF = "off"  # the override turning cfg or typical filtering off
-
-
-def _finite(value: Any, name: str) -> float:
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-    raise ValueError(f"{name} must be a finite number, got {value!r}")
-  return float(value)
-
-
-def _integer(value: Any, name: str, low: int, high: float = math.inf, span: str = "") -> int:
-  if isinstance(value, np.integer):
-    value = int(value)
-  if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-    raise ValueError(f"{name} must be an integer {span or f'>= {low}'}, got {value!r}")
-  return value
 
 
 def _rows(value: np.ndarray, name: str) -> np.ndarray:
@@ -58,7 +45,7 @@ def _schedule(value: Any, name: str) -> tuple[float, float] | np.ndarray:
     return _rows(value, name)
   if not isinstance(value, (list, tuple, np.ndarray)) or len(value) != 2:
     raise ValueError(f"{name} must be (start, end), got {value!r}")
-  return tuple(_finite(float(v) if isinstance(v, np.floating) else v, name) for v in value)
+  return tuple(finite(v, name) for v in value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,31 +71,34 @@ class SamplerSettings:
       value = getattr(self, name)
       if hasattr(value, "shape") and not isinstance(value, (np.ndarray, np.generic)):
         set_(name, np.asarray(value))
-    set_("steps", _integer(self.steps, "steps", 1))
+    set_("steps", integer(self.steps, "steps", 1))
     if isinstance(self.cfg, np.ndarray) and self.cfg.ndim == 1:
       set_("cfg", _rows(self.cfg, "cfg"))
     elif isinstance(self.cfg, (list, tuple, np.ndarray)):
       set_("cfg", _schedule(self.cfg, "cfg"))
     elif self.cfg is not None:
-      set_("cfg", _finite(self.cfg, "cfg"))
+      set_("cfg", finite(self.cfg, "cfg"))
     if self.typical_mass is not None:
       if isinstance(self.typical_mass, np.ndarray):
         mass = _rows(self.typical_mass, "typical_mass")
         low, high = float(mass.min(initial=1.0)), float(mass.max(initial=1.0))
       else:
-        mass = low = high = _finite(self.typical_mass, "typical_mass")
+        mass = low = high = finite(self.typical_mass, "typical_mass")
       if not (0.0 < low and high <= 1.0):
         raise ValueError(f"typical_mass must lie in (0, 1] (or be off), got {self.typical_mass}")
       set_("typical_mass", mass)
-    set_("typical_min_tokens", _integer(self.typical_min_tokens, "typical_min_tokens", 1))
+    set_("typical_min_tokens", integer(self.typical_min_tokens, "typical_min_tokens", 1))
     temperature = _schedule(self.temperature, "temperature")
     if np.min(temperature) < 0:
       raise ValueError(f"temperatures must be >= 0, got {self.temperature}")
     set_("temperature", temperature)
     if self.renoise_mode not in RENOISE_MODES:
       raise ValueError(f"renoise_mode must be one of {RENOISE_MODES}, got {self.renoise_mode!r}")
-    set_("start_step", _integer(self.start_step, "start_step", 0, self.steps,
-                                f"in [0, steps={self.steps}]"))
+    try:
+      set_("start_step", integer(self.start_step, "start_step", 0, self.steps))
+    except ValueError:
+      raise ValueError(f"start_step must be an integer in [0, steps={self.steps}], "
+                       f"got {self.start_step!r:.80}") from None
 
   @classmethod
   def from_record(cls, record: Mapping[str, Any], mode: str = "generate") -> SamplerSettings:
@@ -166,7 +156,7 @@ class SamplerSettings:
 
   def to_dict(self) -> dict[str, Any]:
     """JSON-ready (tuples and arrays as lists), as recorded in sidecars."""
-    return {f.name: _json(getattr(self, f.name)) for f in dataclasses.fields(self)}
+    return {f.name: to_json(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
 SHARED_FIELDS = ("steps", "start_step", "renoise_mode", "typical_min_tokens",
@@ -187,9 +177,3 @@ def _stack(parts: Sequence[tuple[SamplerSettings, int]], name: str, width: int) 
 
 def _is_off(value) -> bool:
   return isinstance(value, str) and value == OFF
-
-
-def _json(value):
-  if isinstance(value, np.ndarray):
-    return value.tolist()
-  return list(value) if isinstance(value, tuple) else value
