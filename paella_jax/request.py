@@ -116,10 +116,6 @@ class Request:
   def _set(self, name: str, value: Any) -> None:
     object.__setattr__(self, name, value)
 
-  def with_settings(self, **settings) -> Request:
-    """A copy with these sampler overrides on top of its own."""
-    return dataclasses.replace(self, settings={**self.settings, **settings})
-
   def to_record(self) -> dict[str, Any]:
     """JSON-ready: {"mode": ..., every field}; images must be paths."""
     record = {"mode": self.MODE}
