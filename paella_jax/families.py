@@ -194,6 +194,8 @@ class Family:
   spatial: takes spatial conditioning (one embedding per latent position; `multi`).
   text_encoders: the encoders a prompt goes through, in model.json's "*_checkpoint" names.
   records_format: the format tag of its pre-encoded records (`paella_jax.data.records`).
+  converter_module: its PyTorch weight converter (`paella_jax.convert.torch_io` says what one
+    holds; to-torch runs it backwards).
   conditioning: the pipeline's conditioning class (`V1Conditioning`, `V3Conditioning`).
   """
   kind: str
@@ -205,12 +207,17 @@ class Family:
   spatial: bool
   text_encoders: tuple[str, ...]
   records_format: str
+  converter_module: str
   conditioning: type
 
   @property
   def module(self):
     """The token predictor's module: `build_model(config)`, `init_params(model, rng, shape)`."""
     return importlib.import_module(self.model_module)
+
+  @property
+  def converter(self):
+    return importlib.import_module(self.converter_module)
 
   @property
   def model_type(self) -> type:
@@ -232,7 +239,8 @@ PAELLA_V1 = Family(
         modes=dict(inpaint=dict(cfg=6.0), outpaint=dict(cfg=4.0), interpolate=dict(cfg=4.0),
                    edit=dict(cfg=6.0, steps=24, start_step=8, renoise_mode="prev"))),
     latent_shape=(32, 32), spatial=True, text_encoders=("clip",),
-    records_format="paella-jax-records/1", conditioning=V1Conditioning)
+    records_format="paella-jax-records/1",
+    converter_module="paella_jax.convert.paella", conditioning=V1Conditioning)
 
 PAELLA_V3 = Family(
     kind="paella_v3", title="Paella v3", model_module="paella_jax.models.paella_v3",
@@ -245,7 +253,8 @@ PAELLA_V3 = Family(
         temperature=(0.7, 0.3), renoise_mode="start", start_step=0,
         modes=dict(edit=dict(start_step=4))),
     latent_shape=(64, 64), spatial=False, text_encoders=("byt5", "clip"),
-    records_format="paella-jax-records-v3/1", conditioning=V3Conditioning)
+    records_format="paella-jax-records-v3/1",
+    converter_module="paella_jax.convert.paella_v3", conditioning=V3Conditioning)
 
 FAMILIES = {family.kind: family for family in (PAELLA_V1, PAELLA_V3)}
 KINDS = tuple(FAMILIES)

@@ -22,14 +22,14 @@ from paella_jax.models.paella import DenoiseUNet, build_model, init_params
 
 KIND = "paella_v1"
 
-# How a PyTorch tensor becomes a Flax parameter, and the PyTorch shape expected for a Flax
-# shape (the exporter derives the way back from these two).
+# How a PyTorch tensor becomes a Flax parameter of shape `s`, and the PyTorch shape expected for
+# a Flax shape (the exporter derives the way back from these two; see torch_io).
 TO_FLAX = {
-    "copy": lambda w: w,
-    "linear": lambda w: w.T,                                  # (out, in) -> (in, out)
-    "conv": lambda w: w.transpose(2, 3, 1, 0),                # (out, in, kh, kw) -> (kh, kw, in, out)
-    "conv_transpose": lambda w: w.transpose(2, 3, 0, 1)[::-1, ::-1],  # (in, out, kh, kw), flipped
-    "scalar": lambda w: w.reshape(()),                         # (1, 1, 1) -> ()
+    "copy": lambda w, s: w,
+    "linear": lambda w, s: w.T,                                  # (out, in) -> (in, out)
+    "conv": lambda w, s: w.transpose(2, 3, 1, 0),                # (out, in, kh, kw) -> (kh, kw, in, out)
+    "conv_transpose": lambda w, s: w.transpose(2, 3, 0, 1)[::-1, ::-1],  # (in, out, kh, kw), flipped
+    "scalar": lambda w, s: w.reshape(()),                         # (1, 1, 1) -> ()
 }
 TORCH_SHAPE = {
     "copy": lambda s: s,
@@ -123,10 +123,7 @@ def paella_v1_from_torch(path_or_state_dict, c_r: int = 64, dtype=jnp.float32
   """
   sd = load_state_dict(path_or_state_dict)
   model = build_model(dict(infer_architecture(sd, c_r), dtype=dtype))
-  params = params_from_state_dict(sd, key_map(model), flax_shapes(model), TORCH_SHAPE,
-                                  lambda kind, w, shape: TO_FLAX[kind](w),
-                                  f"Paella v1 DenoiseUNet {model.architecture()}")
-  return model, params
+  return model, params_from_state_dict(sd, model)
 
 
 def flax_shapes(model: DenoiseUNet) -> dict[tuple[str, ...], tuple[int, ...]]:

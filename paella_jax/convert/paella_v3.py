@@ -36,7 +36,7 @@ def _heads(shape):  # flax (c, n, hd) or (n, hd): the torch rows of one of q, k,
 
 # How a PyTorch tensor becomes a Flax parameter of shape `s`, and the PyTorch shape expected for
 # a Flax shape. q/k/v take their third of MultiheadAttention's packed input projection.
-_TO_FLAX = {
+TO_FLAX = {
     "copy": lambda w, s: w,
     "linear": lambda w, s: w.T,
     "conv": lambda w, s: w.transpose(2, 3, 1, 0),             # (out, in, kh, kw) -> (kh, kw, in, out)
@@ -52,7 +52,7 @@ _TO_FLAX = {
        for i, n in enumerate("qkv")},
     "attn_out": lambda w, s: w.T.reshape(s),
 }
-_TORCH_SHAPE = {
+TORCH_SHAPE = {
     "copy": lambda s: s,
     "linear": lambda s: s[::-1],
     "conv": lambda s: (s[3], s[2], s[0], s[1]),
@@ -202,13 +202,10 @@ def paella_v3_from_torch(path_or_state_dict, nhead: Sequence[int] = RELEASE_NHEA
   """
   sd = load_state_dict(path_or_state_dict)
   model = build_model(dict(infer_architecture(sd, nhead, self_attn, c_r), dtype=dtype))
-  params = params_from_state_dict(sd, key_map(model), _flax_shapes(model), _TORCH_SHAPE,
-                                  lambda kind, w, shape: _TO_FLAX[kind](w, shape),
-                                  f"Paella v3 {model.architecture()}")
-  return model, params
+  return model, params_from_state_dict(sd, model)
 
 
-def _flax_shapes(model: PaellaV3) -> dict[tuple[str, ...], tuple[int, ...]]:
+def flax_shapes(model: PaellaV3) -> dict[tuple[str, ...], tuple[int, ...]]:
   """Shapes of the model's params by path (the smallest latent: the latent factor)."""
   return param_shapes(model, init_params, model.latent_factor)
 

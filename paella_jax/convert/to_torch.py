@@ -23,6 +23,7 @@ directory this exporter wrote.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -34,12 +35,10 @@ import jax
 import numpy as np
 from flax.traverse_util import flatten_dict
 
-from paella_jax import checkpoint
-from paella_jax.convert import paella, paella_v3, vqgan
+from paella_jax import checkpoint, families
+from paella_jax.convert import vqgan
 from paella_jax.convert.torch_io import CheckpointMismatchError, check_state_dict
 from paella_jax.encoders.vq import KIND as VQ_KIND
-from paella_jax.models.paella import build_model as build_v1
-from paella_jax.models.paella_v3 import build_model as build_v3
 from paella_jax.models.vqgan import (PaellaVQ, attention_levels, init_params, vqgan_config,
                                      vqgan_from_config)
 
@@ -64,10 +63,11 @@ def _check_params(params: Any, expected: Mapping[tuple[str, ...], tuple[int, ...
   return flat
 
 
-def _from_key_map(entries, flat: Mapping[tuple[str, ...], np.ndarray], to_flax: Callable,
-                  torch_shape: Callable) -> dict[str, np.ndarray]:
+def _from_key_map(entries, flat: Mapping[tuple[str, ...], np.ndarray],
+                  to_flax: Mapping[str, Callable], torch_shape: Mapping[str, Callable]
+                  ) -> dict[str, np.ndarray]:
   """PyTorch tensors from Flax params through an importer's key map, (torch key, flax path,
-  kind) entries, by running the importer's own `to_flax(kind, tensor, flax_shape)` on each
+  kind) entries, by running the importer's own `to_flax[kind](tensor, flax_shape)` on each
   tensor's element indices: that says which tensor element every Flax value came from, so any
   rearrangement it makes (transposes, flips, reshapes, one packed tensor split over several
   parameters) is undone exactly. Every element must come from exactly one parameter."""
@@ -79,10 +79,10 @@ def _from_key_map(entries, flat: Mapping[tuple[str, ...], np.ndarray], to_flax: 
     tensor, covered = None, None
     for path, kind in parts:
       value = flat[path]
-      shape = tuple(torch_shape(kind, value.shape))
+      shape = tuple(torch_shape[kind](value.shape))
       if tensor is None:
         tensor, covered = np.zeros(shape, value.dtype), np.zeros(math.prod(shape), np.int8)
-      index = to_flax(kind, np.arange(tensor.size).reshape(shape), value.shape)
+      index = to_flax[kind](np.arange(tensor.size).reshape(shape), value.shape)
       index = np.asarray(index).reshape(-1)
       tensor.reshape(-1)[index] = value.reshape(-1)
       covered[index] += 1
@@ -93,25 +93,16 @@ def _from_key_map(entries, flat: Mapping[tuple[str, ...], np.ndarray], to_flax: 
   return state_dict
 
 
-def paella_v1_state_dict(config: Mapping[str, Any], params: Any) -> dict[str, np.ndarray]:
-  """Paella v1 params -> the original DenoiseUNet's state_dict (`paella.key_map`)."""
-  model = build_v1(config)
-  flat = _check_params(params, paella.flax_shapes(model),
-                       f"Paella v1 DenoiseUNet {model.architecture()}")
-  return _from_key_map(paella.key_map(model), flat,
-                       lambda kind, w, shape: paella.TO_FLAX[kind](w),
-                       lambda kind, shape: paella.TORCH_SHAPE[kind](shape))
-
-
-def paella_v3_state_dict(config: Mapping[str, Any], params: Any) -> dict[str, np.ndarray]:
-  """Paella v3 params -> the original `Paella`'s state_dict (`paella_v3.key_map`; q, k and v go
-  back into MultiheadAttention's packed in_proj tensors)."""
-  model = build_v3(config)
-  flat = _check_params(params, paella_v3._flax_shapes(model),
-                       f"Paella v3 {model.architecture()}")
-  return _from_key_map(paella_v3.key_map(model), flat,
-                       lambda kind, w, shape: paella_v3._TO_FLAX[kind](w, shape).reshape(shape),
-                       lambda kind, shape: paella_v3._TORCH_SHAPE[kind](shape))
+def predictor_state_dict(kind: str, config: Mapping[str, Any], params: Any
+                         ) -> dict[str, np.ndarray]:
+  """Token predictor params -> the original's state_dict, through the family's converter
+  (`Family.converter`'s key_map; v3's q, k and v go back into MultiheadAttention's packed
+  in_proj tensors)."""
+  family = families.get(kind)
+  model, convert = family.build_model(config), family.converter
+  flat = _check_params(params, convert.flax_shapes(model),
+                       f"{family.title} {family.model_class} {model.architecture()}")
+  return _from_key_map(convert.key_map(model), flat, convert.TO_FLAX, convert.TORCH_SHAPE)
 
 
 def vqgan_state_dict(config: Mapping[str, Any], params: Any) -> dict[str, np.ndarray]:
@@ -135,7 +126,7 @@ def vqgan_state_dict(config: Mapping[str, Any], params: Any) -> dict[str, np.nda
   return state_dict
 
 
-EXPORTERS = {paella.KIND: paella_v1_state_dict, paella_v3.KIND: paella_v3_state_dict,
+EXPORTERS = {**{kind: functools.partial(predictor_state_dict, kind) for kind in families.KINDS},
              VQ_KIND: vqgan_state_dict}
 
 

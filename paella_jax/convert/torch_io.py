@@ -107,20 +107,28 @@ def param_shapes(model, init_params, side: int) -> dict[tuple[str, ...], tuple[i
   return {k: tuple(v.shape) for k, v in flatten_dict(abstract).items()}
 
 
-def params_from_state_dict(state_dict: Mapping[str, np.ndarray], key_map, shapes: Mapping,
-                           torch_shape, to_flax, what: str) -> dict:
-  """The Flax params of a PyTorch state_dict, both families' converters' skeleton.
+def params_from_state_dict(state_dict: Mapping[str, np.ndarray], model) -> dict:
+  """The Flax params of a token predictor from a PyTorch state_dict, through its family's
+  converter module (`Family.converter`), which holds:
 
-  key_map: (torch key, flax path, kind) triples; shapes: the Flax shapes by path;
-  torch_shape[kind](flax shape) -> the PyTorch shape; to_flax(kind, array, flax shape) -> the
-  Flax array. The state_dict is checked first (`check_state_dict`, naming missing, unexpected
-  and mis-shaped keys of `what`). Returns float32 numpy params.
+    key_map(model)     (torch key, flax path, kind) triples: the whole checkpoint layout
+    flax_shapes(model) the Flax shapes by path
+    TORCH_SHAPE[kind](flax shape) -> the PyTorch shape
+    TO_FLAX[kind](tensor, flax shape) -> the Flax array
+
+  The state_dict is checked first (`check_state_dict`, naming missing, unexpected and
+  mis-shaped keys). Returns float32 numpy params.
   """
-  expected = {tk: tuple(torch_shape[kind](shapes[fp])) for tk, fp, kind in key_map}
-  check_state_dict(state_dict, expected, what)
+  from paella_jax import families
+  family = families.of_model(model)
+  convert = family.converter
+  shapes, key_map = convert.flax_shapes(model), convert.key_map(model)
+  expected = {tk: tuple(convert.TORCH_SHAPE[kind](shapes[fp])) for tk, fp, kind in key_map}
+  check_state_dict(state_dict, expected,
+                   f"{family.title} {family.model_class} {model.architecture()}")
   params: dict = {}
   for torch_key, flax_path, kind in key_map:
-    value = to_flax(kind, state_dict[torch_key], shapes[flax_path])
+    value = convert.TO_FLAX[kind](state_dict[torch_key], shapes[flax_path])
     set_path(params, flax_path, np.array(value, np.float32).reshape(shapes[flax_path]))
   return params
 
