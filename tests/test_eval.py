@@ -211,6 +211,7 @@ def test_eval_command_on_a_v3_checkpoint_clip_score_and_adherence(v3_model, tiny
   assert [r["cfg"] for r in report["results"]] == [8.0, "off"]
   for r in report["results"]:
     assert 0 <= r["clip_score"] <= 100 and r["adherence"]["seen"]["count"] == 8
+    assert "held_out" not in r["adherence"]  # the first 8 scenes are all seen ones
   assert {"samples_cfg8.png", "samples_cfgoff.png", "report.json"} <= set(os.listdir(tmp_path))
   guided, unguided = (np.asarray(Image.open(tmp_path / f"samples_cfg{w}.png")) for w in ("8", "off"))
   assert not np.array_equal(guided, unguided)

@@ -55,8 +55,10 @@ def score(images: Iterable[np.ndarray], scenes: Iterable[Scene]) -> dict:
 
 
 def score_seen_and_held_out(images: np.ndarray, scenes: list[Scene]) -> dict[str, dict]:
-  """`score` separately for the training combinations ("seen") and the held-out ones."""
+  """`score` separately for the training combinations ("seen") and the held-out ones; a split
+  without images is left out."""
   held = set(held_out_scenes())
   split = {"seen": [i for i, s in enumerate(scenes) if s not in held],
            "held_out": [i for i, s in enumerate(scenes) if s in held]}
-  return {name: score(images[idx], [scenes[i] for i in idx]) for name, idx in split.items()}
+  return {name: score(images[idx], [scenes[i] for i in idx]) for name, idx in split.items()
+          if idx}
