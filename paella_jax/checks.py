@@ -1,5 +1,6 @@
 """Plain values checked once, with errors that name the field: what requests and sampler settings
-are built from, and their JSON form."""
+are built from, and their JSON form. A refused value raises `FieldError` (a ValueError) whose
+`field` names it, which the server returns as {"error": ..., "field": ...}."""
 
 from __future__ import annotations
 
@@ -9,6 +10,14 @@ from typing import Any, Mapping
 import numpy as np
 
 
+class FieldError(ValueError):
+  """A value refused; `field` names the request field or sampler setting it came from."""
+
+  def __init__(self, message: str, field: str | None):
+    super().__init__(message)
+    self.field = field
+
+
 def integer(value: Any, name: str, low: int | None = None, high: int | None = None) -> int:
   """`value` as an int in [low, high] (either bound may be absent); bools and floats refused."""
   if isinstance(value, np.integer):
@@ -16,7 +25,7 @@ def integer(value: Any, name: str, low: int | None = None, high: int | None = No
   if (isinstance(value, bool) or not isinstance(value, int)
       or (low is not None and value < low) or (high is not None and value > high)):
     span = "" if low is None else f" >= {low}" if high is None else f" in [{low}, {high}]"
-    raise ValueError(f"{name} must be an integer{span}, got {value!r:.80}")
+    raise FieldError(f"{name} must be an integer{span}, got {value!r:.80}", name)
   return value
 
 
@@ -25,7 +34,7 @@ def finite(value: Any, name: str) -> float:
   if isinstance(value, np.floating):
     value = float(value)
   if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-    raise ValueError(f"{name} must be a finite number, got {value!r:.80}")
+    raise FieldError(f"{name} must be a finite number, got {value!r:.80}", name)
   return float(value)
 
 

@@ -227,6 +227,32 @@ class Family:
     """The token predictor of a model config (`config.model` of a training config)."""
     return self.module.build_model(config)
 
+  def load_checkpoint(self, directory: str):
+    """(model, params as numpy) of an inference checkpoint of this family. ValueError naming
+    the checkpoint when model.json's config builds no model of this family or its weights do
+    not fit that model (an edited model.json)."""
+    from flax.traverse_util import flatten_dict
+    from paella_jax.checkpoint import MODEL_FILE, load_model
+    from paella_jax.cli import one_line
+    _, config, params = load_model(directory, expected_kind=self.kind)
+    try:
+      model = self.build_model(config)
+      expected = self.converter.flax_shapes(model)
+    except Exception as e:  # noqa: BLE001  any field of an edited config may break the build
+      raise ValueError(f"{directory}: {MODEL_FILE}'s config does not describe a {self.title} "
+                       f"model ({one_line(e):.200}); was it edited?") from None
+    actual = {path: tuple(np.shape(value)) for path, value in flatten_dict(params).items()}
+    differ = sorted(set(actual) ^ set(expected)) or sorted(
+        path for path in expected if actual[path] != expected[path])
+    if differ:
+      path = differ[0]
+      raise ValueError(
+          f"{directory}: the weights do not fit {MODEL_FILE}'s config ({self.title} "
+          f"{model.architecture()}): {'/'.join(path)} is {actual.get(path, 'missing')} in the "
+          f"weights, {expected.get(path, 'absent')} in the model ({len(differ)} parameters "
+          f"differ); was {MODEL_FILE} edited?")
+    return model, params
+
 
 PAELLA_V1 = Family(
     kind="paella_v1", title="Paella v1", model_module="paella_jax.models.paella",

@@ -39,6 +39,7 @@ import jax
 import numpy as np
 
 from paella_jax import checkpoint, editing, families, request
+from paella_jax.checks import FieldError
 from paella_jax.families import Conditioning, as_rows, num_rows, repeat_rows
 from paella_jax.sampler_settings import SamplerSettings
 from paella_jax.sampling import row_keys, sample
@@ -168,11 +169,11 @@ class Pipeline:
       raise ValueError(f"{directory} holds a {description['kind']!r} model, expected one of "
                        f"{families.KINDS}")
     family = families.get(description["kind"])
-    _, config, params = checkpoint.load_model(directory, expected_kind=family.kind)
+    model, params = family.load_checkpoint(directory)
     meta = description.get("meta", {})
     recorded = lambda given, key: (os.path.abspath(given) if given
                                    else checkpoint.recorded_path(directory, meta, key))
-    return cls(family.build_model(config), jax.device_put(params), kind=family.kind,
+    return cls(model, jax.device_put(params), kind=family.kind,
                sampling=meta.get("sampling"), latent_shape=meta.get("latent_shape"),
                clip_dir=recorded(clip, "clip_checkpoint"),
                vqgan_dir=recorded(vqgan, "vqgan_checkpoint"),
@@ -283,7 +284,12 @@ class Pipeline:
     """What `run(req)` samples, without sampling: for callers that sample the rows of several
     requests together (each row keeps its own key and settings). Bad input raises ValueError
     naming it, before anything is sampled."""
-    prepared = _PREPARE[req.MODE](self, req, self.settings(req.MODE, **req.settings))
+    settings = self.settings(req.MODE, **req.settings)
+    if settings.typical_min_tokens > self.model.num_labels:
+      raise FieldError(f"typical_min_tokens must be at most the codebook's "
+                       f"{self.model.num_labels} codes, got {settings.typical_min_tokens}",
+                       "typical_min_tokens")
+    prepared = _PREPARE[req.MODE](self, req, settings)
     prepared.cond = as_rows(prepared.cond)
     prepared.uncond = None if prepared.uncond is None else as_rows(prepared.uncond)
     return prepared

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar, Mapping
 
-from paella_jax.checks import finite, integer, to_json
+from paella_jax.checks import FieldError, finite, integer, to_json
 from paella_jax.sampler_settings import OFF, SamplerSettings
 from paella_jax.tokenizer import check_prompts
 
@@ -36,18 +36,18 @@ def _integers(value: Any, name: str, count: int, low: int = 0) -> tuple[int, ...
   if value is None:
     return None
   if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != count:
-    raise ValueError(f"{name} must be {count} integers, got {value!r:.80}")
+    raise FieldError(f"{name} must be {count} integers, got {value!r:.80}", name)
   return tuple(integer(v, name, low) for v in value)
 
 
-def prompt_tuple(value: Any, least: int = 1) -> tuple[str, ...]:
+def prompt_tuple(value: Any, least: int = 1, name: str = "prompts") -> tuple[str, ...]:
   """A prompt or a sequence of at least `least` prompts, checked, as a tuple."""
   try:
     prompts = tuple(check_prompts(value))
-  except TypeError as e:
-    raise ValueError(str(e)) from None
+  except (TypeError, ValueError) as e:
+    raise FieldError(str(e), name) from None
   if len(prompts) < least:
-    raise ValueError(f"give at least {least} prompt{'s' if least > 1 else ''}")
+    raise FieldError(f"give at least {least} prompt{'s' if least > 1 else ''}", name)
   return prompts
 
 
@@ -55,34 +55,36 @@ def _image(value: Any, name: str, required: bool = True):
   """A path (str) or an array-like image, as given."""
   if value is None:
     if required:
-      raise ValueError(f"this mode needs an {name}")
+      raise FieldError(f"this mode needs an {name}", name)
     return None
   if isinstance(value, bytes) or (not isinstance(value, str) and not hasattr(value, "shape")
                                    and not hasattr(value, "mode")):
-    raise ValueError(f"{name} must be a file path, an array or a PIL image, got "
-                     f"{type(value).__name__}")
+    raise FieldError(f"{name} must be a file path, an array or a PIL image, got "
+                     f"{type(value).__name__}", name)
   return value
 
 
 def _choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
   if value not in choices:
-    raise ValueError(f"{name} must be one of {choices}, got {value!r:.80}")
+    raise FieldError(f"{name} must be one of {choices}, got {value!r:.80}", name)
   return value
 
 
 def _settings(value: Any) -> dict[str, Any]:
   """Sampler overrides: known names, tuples for lists, "off" only where it means something."""
   if not isinstance(value, Mapping):
-    raise ValueError(f"settings must be a mapping of sampler settings, got {type(value).__name__}")
+    raise FieldError(f"settings must be a mapping of sampler settings, got "
+                     f"{type(value).__name__}", "settings")
   unknown = sorted(set(value) - set(SETTING_NAMES))
   if unknown:
-    raise ValueError(f"unknown sampler settings: {unknown}; known: {list(SETTING_NAMES)}")
+    raise FieldError(f"unknown sampler settings: {unknown}; known: {list(SETTING_NAMES)}",
+                     unknown[0])
   out = {}
   for name, setting in value.items():
     if setting is None:
       continue
     if isinstance(setting, str) and setting == OFF and name not in ("cfg", "typical_mass"):
-      raise ValueError(f"only cfg and typical_mass can be {OFF!r}, not {name}")
+      raise FieldError(f"only cfg and typical_mass can be {OFF!r}, not {name}", name)
     out[name] = tuple(setting) if isinstance(setting, list) else setting
   return out
 
@@ -106,7 +108,10 @@ class Request:
     set_("num_images", integer(self.num_images, "num_images", 1))
     set_("seed", integer(self.seed, "seed", *SEED_RANGE))
     if self.negative_prompt is not None:
-      set_("negative_prompt", prompt_tuple(self.negative_prompt)[0])
+      if not isinstance(self.negative_prompt, str):
+        raise FieldError(f"negative_prompt must be a string, got {self.negative_prompt!r:.80}",
+                         "negative_prompt")
+      set_("negative_prompt", prompt_tuple(self.negative_prompt, name="negative_prompt")[0])
     set_("settings", _settings(self.settings))
     self.check()
 
@@ -141,7 +146,7 @@ class Generate(Request):
 
   def check(self):
     if self.prompts is not None and self.embeddings is not None:
-      raise ValueError("give prompts or embeddings, not both")
+      raise FieldError("give prompts or embeddings, not both", "embeddings")
     if self.prompts is not None:
       self._set("prompts", prompt_tuple(self.prompts))
     self._set("latent_shape", _integers(self.latent_shape, "latent_shape", 2, 1))
@@ -162,7 +167,8 @@ class Inpaint(Request):
     self._set("image", _image(self.image, "image"))
     self._set("prompts", prompt_tuple(self.prompts))
     if (self.mask is None) == (self.box is None):
-      raise ValueError("inpainting needs a mask image or a box (top, left, bottom, right), exactly one")
+      raise FieldError("inpainting needs a mask image or a box (top, left, bottom, right), "
+                       "exactly one", "box")
     self._set("mask", _image(self.mask, "mask", required=False))
     self._set("box", _integers(self.box, "box", 4))
 
@@ -241,7 +247,7 @@ class Multi(Request):
     self._set("prompts", prompt_tuple(self.prompts))
     _choice(self.layout, "layout", ("columns", "rows"))
     if finite(self.blend, "blend") < 0:
-      raise ValueError(f"blend must be >= 0, got {self.blend!r:.80}")
+      raise FieldError(f"blend must be >= 0, got {self.blend!r:.80}", "blend")
     self._set("latent_shape", _integers(self.latent_shape, "latent_shape", 2, 1))
 
 

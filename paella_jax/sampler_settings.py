@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from paella_jax.checks import finite, integer, to_json
+from paella_jax.checks import FieldError, finite, integer, to_json
 
 RENOISE_MODES = ("start", "prev", "rand")
 MODES = ("generate", "inpaint", "outpaint", "edit", "vary", "interpolate", "multi")
@@ -33,7 +33,7 @@ def _rows(value: np.ndarray, name: str) -> np.ndarray:
   """A per-row array of finite float32 values."""
   array = np.asarray(value, np.float32)
   if not np.isfinite(array).all():
-    raise ValueError(f"{name} must be a finite number, got {array[~np.isfinite(array)][0]}")
+    raise FieldError(f"{name} must be a finite number, got {array[~np.isfinite(array)][0]}", name)
   return array
 
 
@@ -41,10 +41,10 @@ def _schedule(value: Any, name: str) -> tuple[float, float] | np.ndarray:
   """(start, end) of a linear schedule as floats, or a (B, 2) array: one per row."""
   if isinstance(value, np.ndarray) and value.ndim == 2:
     if value.shape[1] != 2:
-      raise ValueError(f"{name} schedules per row must be (B, 2), got {value.shape}")
+      raise FieldError(f"{name} schedules per row must be (B, 2), got {value.shape}", name)
     return _rows(value, name)
   if not isinstance(value, (list, tuple, np.ndarray)) or len(value) != 2:
-    raise ValueError(f"{name} must be (start, end), got {value!r}")
+    raise FieldError(f"{name} must be (start, end), got {value!r:.80}", name)
   return tuple(finite(v, name) for v in value)
 
 
@@ -85,20 +85,22 @@ class SamplerSettings:
       else:
         mass = low = high = finite(self.typical_mass, "typical_mass")
       if not (0.0 < low and high <= 1.0):
-        raise ValueError(f"typical_mass must lie in (0, 1] (or be off), got {self.typical_mass}")
+        raise FieldError(f"typical_mass must lie in (0, 1] (or be off), got {self.typical_mass}",
+                         "typical_mass")
       set_("typical_mass", mass)
     set_("typical_min_tokens", integer(self.typical_min_tokens, "typical_min_tokens", 1))
     temperature = _schedule(self.temperature, "temperature")
     if np.min(temperature) < 0:
-      raise ValueError(f"temperatures must be >= 0, got {self.temperature}")
+      raise FieldError(f"temperatures must be >= 0, got {self.temperature}", "temperature")
     set_("temperature", temperature)
     if self.renoise_mode not in RENOISE_MODES:
-      raise ValueError(f"renoise_mode must be one of {RENOISE_MODES}, got {self.renoise_mode!r}")
+      raise FieldError(f"renoise_mode must be one of {RENOISE_MODES}, got "
+                       f"{self.renoise_mode!r:.80}", "renoise_mode")
     try:
       set_("start_step", integer(self.start_step, "start_step", 0, self.steps))
     except ValueError:
-      raise ValueError(f"start_step must be an integer in [0, steps={self.steps}], "
-                       f"got {self.start_step!r:.80}") from None
+      raise FieldError(f"start_step must be an integer in [0, steps={self.steps}], "
+                       f"got {self.start_step!r:.80}", "start_step") from None
 
   @classmethod
   def from_record(cls, record: Mapping[str, Any], mode: str = "generate") -> SamplerSettings:

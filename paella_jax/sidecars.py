@@ -73,7 +73,16 @@ def load_replay(path: str) -> Replay:
                      "regenerate the image exactly (rerun the command to sample anew)")
   try:
     replay = _from_record(record) if "request" in record else _from_legacy(record)
-  except (KeyError, TypeError, ValueError) as e:
+    SamplerSettings.for_family(record.get("kind", "paella_v1"), replay.request.MODE
+                               ).with_overrides(**replay.request.settings)  # checked now
+    for name in ("checkpoint", "clip", "vqgan", "byt5"):
+      value = getattr(replay, name)
+      if not (isinstance(value, str) or (value is None and name != "checkpoint")):
+        raise ValueError(f"its {name} must be a path, got {value!r:.80}")
+  except KeyError as e:
+    raise ValueError(f"{path} does not describe a request this version can replay: it lacks "
+                     f"{e}") from None
+  except (AttributeError, TypeError, ValueError) as e:
     raise ValueError(f"{path} does not describe a request this version can replay: "
                      f"{e!s:.200}") from None
   if checkpoint_id(replay.checkpoint) != record.get("checkpoint_id"):

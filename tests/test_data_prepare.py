@@ -4,6 +4,7 @@ counted per reason, nothing valid lost; resume; process split; tfds; on-the-fly 
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -235,6 +236,23 @@ def test_cli(raw, encoders, tmp_path, capsys):
   manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
   assert manifest["vqgan"]["config"]["n_embed"] == 64 and manifest["config"]["crop"] == "center"
   assert manifest["clip"]["config"]["projection_dim"] == 32
+  # the whole folder moved, its last shard unfinished: the rerun resumes where it stopped
+  os.rename(tmp_path / "out", tmp_path / "moved")
+  for name in ("vqgan", "clip"):
+    os.rename(tmp_path / name, tmp_path / f"{name}_moved")
+  for done in ("00001.json", "manifest.json"):
+    (tmp_path / "moved" / done).unlink()
+  args = ["--source", str(raw / "tars" / "00001.tar"), "--out", str(tmp_path / "moved"),
+          "--clip", str(tmp_path / "clip_moved"), "--size", "32", "--crop", "center",
+          "--batch-size", "8", "--no-progress"]
+  main([*args, "--vqgan", str(tmp_path / "vqgan_moved")])
+  assert "6 records of 6 examples" in capsys.readouterr().out
+  # a VQGAN of the same shape with other weights would mix two encodings: refused
+  (tmp_path / "moved" / "00001.json").unlink()
+  save_vqgan(str(tmp_path / "other"), codec.module,
+             jax.tree.map(lambda p: np.asarray(p) + 1, codec.params))
+  with pytest.raises(ValueError, match=r"other settings \(vqgan differ"):
+    main([*args, "--vqgan", str(tmp_path / "other")])
 
 
 TFDS_BUILDER = """

@@ -482,3 +482,39 @@ def test_settings_take_device_arrays_as_host_values():
     base.replace(cfg=jnp.asarray([math.nan, 1.0]))
   with pytest.raises(ValueError, match="temperatures must be >= 0"):
     base.replace(temperature=jnp.asarray([[-1.0, 1.0], [1.0, 1.0]]))
+
+@pytest.mark.parametrize("edit, expected", [
+    (("c_hidden", 96), "the weights do not fit model.json's config (Paella v1 "),
+    (("c_r", "x"), "model.json's config does not describe a Paella v1 model ("),
+    (("kind", "paella_v3"), "model.json's config does not describe a Paella v3 model ("),
+])
+def test_an_edited_model_json_is_one_line(edit, expected, tiny_checkpoints, tmp_path, capsys):
+  moved = _moved_model(tiny_checkpoints, tmp_path)
+  description = json.loads((moved / "model.json").read_text())
+  key, value = edit
+  (description if key == "kind" else description["config"])[key] = value
+  (moved / "model.json").write_text(json.dumps(description))
+  line = _cli_error(capsys, _sample_main, ["generate", "--checkpoint", str(moved), "--prompt",
+                                           "a", "--out", str(tmp_path / "out")])
+  assert line.startswith(f"error: {moved}: {expected}") and line.endswith(" edited?"), line
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda d: d.__setitem__("request", []), "'list' object has no attribute"),
+    (lambda d: d.pop("checkpoint"), "it lacks 'checkpoint'"),
+    (lambda d: d.__setitem__("checkpoint", 5), "its checkpoint must be a path, got 5"),
+    (lambda d: d["sampler"].__setitem__("steps", -3), "steps must be an integer >= 1"),
+    (lambda d: d.__setitem__("sampler", "fast"), "'str' object has no attribute"),
+    (lambda d: d["request"].__setitem__("seed", "x"), "seed must be an integer"),
+])
+def test_an_edited_sidecar_is_one_line(edit, expected, tiny_checkpoints, tmp_path, capsys):
+  run_main(_sample_main, ["generate", "--checkpoint", str(tiny_checkpoints / "model"),
+                          "--prompt", "a", "--batch-size", "1", "--out", str(tmp_path / "out")])
+  sidecar = json.loads((tmp_path / "out" / "0000.json").read_text())
+  edit(sidecar)
+  (tmp_path / "edited.json").write_text(json.dumps(sidecar))
+  line = _cli_error(capsys, _sample_main, ["replay", str(tmp_path / "edited.json"), "--out",
+                                           str(tmp_path / "replay")])
+  assert line.startswith(f"error: {tmp_path / 'edited.json'} does not describe a request this "
+                         "version can replay: ") and expected in line, line
+  assert not os.path.exists(tmp_path / "replay")

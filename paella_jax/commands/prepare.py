@@ -17,6 +17,7 @@ import argparse
 import logging
 import os
 
+from paella_jax.checkpoint import checkpoint_id
 from paella_jax.data.prepare import Preparer, V3Preparer
 from paella_jax.data.records import MANIFEST
 from paella_jax.data.sources import open_source
@@ -87,9 +88,10 @@ def main(argv=None) -> None:
   encoder = ClipEncoder(clip_model, clip_params, tokenizer, args.batch_size, warn_truncated=False)
   common = dict(size=args.size, crop=args.crop, min_size=args.min_size, seed=args.seed,
                 batch_size=args.batch_size, threads=args.threads)
-  info = {"vqgan": {"checkpoint": os.path.abspath(args.vqgan), "config": vqgan_config(vq)},
+  info = {"vqgan": {"checkpoint": os.path.abspath(args.vqgan), "config": vqgan_config(vq),
+                    "id": checkpoint_id(args.vqgan)},
           "clip": {"checkpoint": os.path.abspath(args.clip),
-                   "config": clip_model.config.to_dict()},
+                   "config": clip_model.config.to_dict(), "id": checkpoint_id(args.clip)},
           "config": vars(args)}
   if v3:
     byt5_encoder = None
@@ -103,7 +105,8 @@ def main(argv=None) -> None:
       byt5_encoder = ByT5Encoder(t5, t5_params, ByT5Tokenizer(args.byt5_max_length),
                                  args.batch_size, warn_truncated=False)
       info["byt5_encoder"] = {"checkpoint": os.path.abspath(args.byt5_checkpoint),
-                              "config": t5.config.to_dict()}
+                              "config": t5.config.to_dict(),
+                              "id": checkpoint_id(args.byt5_checkpoint)}
     preparer = V3Preparer(codec, encoder, args.byt5, byt5_encoder, args.byt5_max_length,
                           **common)
   else:

@@ -181,7 +181,7 @@ class Preparer:
             "token_dtype": self.format.token_dtype, "num_labels": self.codec.module.n_embed,
             "image_size": self.size, "crop": self.crop, "min_size": self.min_size,
             "seed": self.seed, "condition": self.condition, "source": {"kind": source.kind, "description": source.description},
-            **{k: info[k] for k in ("vqgan", "clip") if k in info}}
+            **_encoders(info, ("vqgan", "clip"))}
 
   @staticmethod
   def _claim(out_dir: str, settings: dict) -> None:
@@ -198,7 +198,8 @@ class Preparer:
                      if previous.get(k) != json.loads(json.dumps(settings.get(k))))
     if changed:
       raise ValueError(f"{out_dir} holds records prepared with other settings ({', '.join(changed)}"
-                       f" differ): choose another --out, or delete it to start again")
+                       f" differ; see its {SETTINGS}): choose another --out, or delete it to "
+                       "start again")
 
   def finish(self, source: Source, out_dir: str, info: dict) -> dict | None:
     """Writes (and returns) the manifest once every shard's summary exists."""
@@ -261,7 +262,7 @@ class V3Preparer(Preparer):
   def settings(self, source: Source, info: dict) -> dict:
     return {**super().settings(source, info), "byt5": self.format.byt5,
             "byt5_max_length": self.tokenizer.max_length, "byt5_dim": self.format.byt5_dim,
-            **{k: info[k] for k in ("byt5_encoder",) if k in info}}
+            **_encoders(info, ("byt5_encoder",))}
 
   def finish(self, source: Source, out_dir: str, info: dict) -> dict | None:
     empty = {"clip": self.encoder.encode_text([""])[0].tolist()}
@@ -270,6 +271,13 @@ class V3Preparer(Preparer):
       states = self.byt5_inputs([""])[0]  # stored rounded to bfloat16, as the records' states
       empty["byt5"] = states.astype(ml_dtypes.bfloat16).astype(np.float32).tolist()
     return super().finish(source, out_dir, {**info, "empty": empty})
+
+
+def _encoders(info: dict, names: tuple[str, ...]) -> dict:
+  """The encoders the records depend on, as settings: each one's config and weights id, not
+  its path (a moved or copied folder resumes; other weights do not)."""
+  return {name: {k: v for k, v in info[name].items() if k != "checkpoint"}
+          for name in names if name in info}
 
 
 def read_entry(example) -> list:

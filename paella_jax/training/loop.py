@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from paella_jax import families
-from paella_jax.checkpoint import load_model, save_model
+from paella_jax.checkpoint import save_model
 from paella_jax.data.arrays import (ArrayBatcher, check_token_arrays, load_token_arrays,
                                     random_token_arrays, v3_arrays)
 from paella_jax.hardware import chip_info
@@ -187,9 +187,10 @@ def train(config, workdir: str, progress: bool = True) -> TrainState:
 def load_initial_params(state: TrainState, ckpt_dir: str, model) -> TrainState:
   """Fine-tuning: the params (and EMA) of `state` replaced by an inference checkpoint's, placed
   with the state's shardings; the optimizer starts fresh. The architectures must match."""
-  _, config, params = load_model(ckpt_dir, expected_kind=families.of_model(model).kind)
-  if config != model.architecture():
-    raise ValueError(f"{ckpt_dir} holds {config}, but the config trains {model.architecture()}")
+  loaded, params = families.of_model(model).load_checkpoint(ckpt_dir)
+  if loaded.architecture() != model.architecture():
+    raise ValueError(f"{ckpt_dir} holds {loaded.architecture()}, but the config trains "
+                     f"{model.architecture()}")
   place = lambda new, old: jax.device_put(jnp.asarray(new, old.dtype), old.sharding)
   params = jax.tree.map(place, params, state.params)
   ema = None if state.ema_params is None else jax.tree.map(place, params, state.ema_params)
