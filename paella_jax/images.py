@@ -1,7 +1,9 @@
-"""Image files: float images in [0, 1] to PNG files and grids."""
+"""Image files: reading any image PIL reads (EXIF orientation applied, size checked from the
+header), float images in [0, 1] to PNG files and grids."""
 
 from __future__ import annotations
 
+import io
 import math
 import os
 
@@ -34,9 +36,23 @@ def make_grid(images: np.ndarray, columns: int | None = None, padding: int = 2) 
   return grid
 
 
+EXIF_ORIENTATION = 0x0112
+
+
+def upright(image):
+  """A PIL image turned as its EXIF Orientation tag says (a phone photo taken sideways), or the
+  image itself when it has none."""
+  from PIL import ImageOps
+  if image.getexif().get(EXIF_ORIENTATION, 1) in (1, None):
+    return image
+  return ImageOps.exif_transpose(image)
+
+
 def pil_to_rgb(image) -> np.ndarray:
-  """Any PIL mode -> (H, W, 3) uint8; alpha composited onto white, 16/32-bit rescaled."""
+  """Any PIL image -> (H, W, 3) uint8, upright (EXIF orientation applied); alpha composited onto
+  white, 16/32-bit rescaled."""
   from PIL import Image
+  image = upright(image)
   if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
     values = np.asarray(image, np.float64)
     scale = 255.0 / 65535.0 if image.mode != "F" and values.max() > 255 else 1.0
@@ -51,6 +67,28 @@ def pil_to_rgb(image) -> np.ndarray:
     background = Image.new("RGBA", image.size, (255, 255, 255, 255))
     image = Image.alpha_composite(background, image)
   return np.asarray(image.convert("RGB"), np.uint8)
+
+
+def decode_image_bytes(data: bytes, max_pixels: int | None = None) -> np.ndarray:
+  """Encoded image bytes (any format PIL reads) -> (H, W, 3) uint8 RGB, upright.
+
+  With `max_pixels`, an image whose header declares more pixels is refused before any pixel is
+  decoded (a small PNG can declare 12000x12000). Raises ValueError saying what is wrong with
+  the image ("is not an image file ...", "is 12000x12000 = ... pixels, more than ...").
+  """
+  from PIL import Image, UnidentifiedImageError
+  try:
+    with Image.open(io.BytesIO(data)) as image:
+      width, height = image.size
+      if max_pixels is not None and width * height > max_pixels:
+        raise ValueError(f"is {width}x{height} = {width * height:,} pixels, more than the "
+                         f"{max_pixels:,} allowed")
+      image.load()
+      return pil_to_rgb(image)
+  except UnidentifiedImageError:
+    raise ValueError("is not an image file PIL can read (PNG, JPEG, ...)") from None
+  except (OSError, SyntaxError, Image.DecompressionBombError) as e:
+    raise ValueError(f"does not decode as an image: {e}") from None
 
 
 def load_image(path: str) -> np.ndarray:

@@ -1,6 +1,7 @@
 """The paella-serve page in real headless Chromium (Debian's chromium, driven by Playwright):
 generate; upload an image, paint a mask and inpaint; outpaint it onto a wider canvas; vary it;
-interpolate between prompts; a refused request shows the server's error. Saves docs/serve.png."""
+interpolate between prompts; a refused request shows the server's error, a missing API key
+too until it is entered. Saves docs/serve.png."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import base64
 import io
 import json
 import os
+import urllib.request
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ from tests.conftest import ROOT
 from tests.test_serve import Server
 
 CHROMIUM = "/usr/bin/chromium"
+API_KEY = "a-key-of-the-page-test"
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
                                 reason=f"no {CHROMIUM} (apt-get install -y chromium)")
 
@@ -44,7 +47,11 @@ def test_every_mode_in_the_page(tiny_checkpoints, tmp_path):
   y, x = np.mgrid[:32, :32]
   image = np.where(((y - 16) ** 2 + (x - 14) ** 2 < 81)[..., None], [220, 40, 30], [40, 70, 200])
   Image.fromarray(image.astype(np.uint8)).save(tmp_path / "upload.png")  # a red disc on blue
-  server = Server(tiny_checkpoints / "model", tmp_path, "--max-batch", "2")
+  os.environ["PAELLA_SERVE_API_KEY"] = API_KEY
+  try:
+    server = Server(tiny_checkpoints / "model", tmp_path, "--max-batch", "2")
+  finally:
+    del os.environ["PAELLA_SERVE_API_KEY"]
   try:
     with playwright.sync_playwright() as p:
       browser = p.chromium.launch(
@@ -57,6 +64,10 @@ def test_every_mode_in_the_page(tiny_checkpoints, tmp_path):
       page.goto(server.url + "/")
       page.fill("#prompt", "a red circle on a blue square")
       page.fill("#seed", "4")
+      page.click("#generate")  # the server needs its API key: refused until it is given
+      page.wait_for_selector("#status.error", timeout=30_000)
+      assert "generate refused (401)" in page.text_content("#status")
+      page.fill("#api_key", API_KEY)
       assert run(page, "generate") == [[32, 32]]
 
       page.set_input_files("#upload", str(tmp_path / "upload.png"))
@@ -94,8 +105,9 @@ def test_every_mode_in_the_page(tiny_checkpoints, tmp_path):
               if path.name != "upload.png"]
     masks = [m for m in stored if ((m == 0) | (m == 255)).mean() > 0.9]  # black, white, antialiased
     assert masks and 0.05 < (masks[0] > 127).mean() < 0.6  # the painted stroke, sent as the mask
-    metrics = server.get("/metrics")[1]
-    assert metrics["statuses"] == {"200": 5, "400": 1}
+    metrics = json.loads(urllib.request.urlopen(urllib.request.Request(
+        server.url + "/metrics", headers={"Authorization": f"Bearer {API_KEY}"})).read())
+    assert metrics["statuses"] == {"200": 5, "400": 1, "401": 1}
     server.log.seek(0)
     assert "Traceback" not in server.log.read()
   finally:

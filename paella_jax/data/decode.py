@@ -8,13 +8,12 @@ greyscale, palette, 16-bit and alpha (composited onto white) images all come out
 
 from __future__ import annotations
 
-import io
 import json
 import zlib
 
 import numpy as np
 
-from paella_jax.images import pil_to_rgb
+from paella_jax.images import decode_image_bytes, pil_to_rgb
 
 REASONS = ("missing_image", "missing_caption", "corrupt_image", "image_too_small",
            "empty_caption", "caption_not_utf8")
@@ -43,9 +42,7 @@ def decode_image(data: bytes | np.ndarray | None, min_size: int = 1) -> np.ndarr
       array = pil_to_rgb(Image.fromarray(data[..., 0] if data.ndim == 3 and data.shape[2] == 1
                                       else data))
     else:
-      with Image.open(io.BytesIO(data)) as image:
-        image.load()
-        array = pil_to_rgb(image)
+      array = decode_image_bytes(data)
   except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, bombs...)
     raise BadInput("corrupt_image", f"{type(e).__name__}: {e}") from None
   if min(array.shape[:2]) < min_size:

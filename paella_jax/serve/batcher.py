@@ -10,6 +10,12 @@ the same codes whatever it is batched with. Only the buckets (powers of two up t
 are ever compiled: a group is either one call padded to the next bucket or, where every row
 costs the same (the CPU), split into exact buckets (9 rows -> 8 + 1; `bucket_policy`). Sampling
 and decoding run in one worker thread, so the event loop keeps answering while the sampler runs.
+
+One request never harms another: a call that fails is retried request by request, so only the
+request at fault gets the error; a request whose answer is no longer awaited (timed out) is
+dropped before its call. At most `max_programs` sampler programs stay compiled in memory: a new
+one past that drops them all (`jax.clear_caches`), and they come back from the persistent
+compilation cache on their next use. `max_queue` bounds the requests waiting (`Busy` past it).
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import logging
+import threading
 import time
 
 import jax
@@ -27,6 +35,12 @@ from paella_jax.families import concat_rows, map_rows, pad_rows, repeat_rows, ro
 from paella_jax.pipeline import Prepared
 from paella_jax.sampler_settings import SamplerSettings
 from paella_jax.sampling import row_keys, sample
+
+log = logging.getLogger("paella_jax.serve")
+
+
+class Busy(RuntimeError):
+  """The queue is full: the server answers 503 and the client retries later."""
 
 
 def buckets(max_batch: int) -> list[int]:
@@ -74,16 +88,20 @@ class Batcher:
   """Batches jobs of `pipe` (a `Pipeline`); `metrics` (a `Metrics`) counts calls and compiles."""
 
   def __init__(self, pipe, metrics, max_batch: int = 16, max_wait_ms: float = 20.0,
-               policy: str = "auto"):
+               policy: str = "auto", max_queue: int = 256, max_programs: int = 64):
     self.pipe, self.metrics = pipe, metrics
     self.buckets = buckets(max_batch)
     self.policy = bucket_policy(policy)
     self.max_batch, self.max_wait_s = max_batch, max_wait_ms / 1e3
+    self.max_queue, self.max_programs = max_queue, max_programs
     self.queue: asyncio.Queue[Job] = asyncio.Queue()
     self._groups: dict[tuple, list[Job]] = {}
     self._compiled: set[tuple] = set()
     self._decoders = _bucket_decoders(pipe, self.buckets)
     self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sampler")
+    self.call_started: float | None = None  # monotonic start of the running sampler call
+    self._idle = threading.Event()
+    self._idle.set()
 
   @property
   def queued(self) -> int:
@@ -95,6 +113,8 @@ class Batcher:
     if prepared.rows > self.max_batch:
       raise ValueError(f"too many images: {prepared.rows} rows, at most {self.max_batch} "
                        "per request (--max-batch)")
+    if self.queued >= self.max_queue:
+      raise Busy(f"the queue is full ({self.max_queue} requests waiting, --max-queue)")
     job = Job(prepared, asyncio.get_running_loop().create_future())
     await self.queue.put(job)
     return await job.future
@@ -116,8 +136,8 @@ class Batcher:
       if not jobs:
         continue
       try:
-        outputs = await loop.run_in_executor(self._worker, self.sample_jobs, jobs)
-      except Exception as e:  # a failed call answers its requests, the loop goes on
+        outputs = await loop.run_in_executor(self._worker, self._sample_alone_on_failure, jobs)
+      except Exception as e:  # the worker itself failed (shut down): answer, go on
         outputs = [e] * len(jobs)
       for job, output in zip(jobs, outputs):
         if job.future.done():
@@ -169,6 +189,32 @@ class Batcher:
       self._groups[key] = rest
     return jobs
 
+  def _sample_alone_on_failure(self, jobs: list[Job]) -> list:
+    """`sample_jobs(jobs)`; if that call fails, each job again on its own, so that only the
+    job at fault gets its exception."""
+    self.call_started = time.monotonic()
+    self._idle.clear()
+    try:
+      try:
+        return self.sample_jobs(jobs)
+      except Exception as e:
+        if len(jobs) == 1:
+          log.warning("a sampler call failed: %s: %s", type(e).__name__, e)
+          return [e]
+        log.warning("a call of %d requests failed (%s: %s); sampling them one by one",
+                    len(jobs), type(e).__name__, e)
+        return [self._one(job) for job in jobs]
+    finally:
+      self.call_started = None
+      self._idle.set()
+
+  def _one(self, job: Job):
+    try:
+      return self.sample_jobs([job])[0]
+    except Exception as e:
+      log.warning("a request failed on its own: %s: %s", type(e).__name__, e)
+      return e
+
   def calls(self, rows: int) -> list[int]:
     """The bucket of each sampler call for a group of `rows` rows: one call padded to the next
     bucket ("pad"), or exact buckets, largest first ("split": 9 rows -> 8 + 1)."""
@@ -212,6 +258,11 @@ class Batcher:
           if getattr(settings, name) is not None})
       compile_key = (jobs[0].group, bucket)
       compiles = compile_key not in self._compiled
+      if compiles and len(self._compiled) >= self.max_programs:
+        log.warning("%d sampler programs compiled (--max-programs): dropping them from memory",
+                    len(self._compiled))
+        jax.clear_caches()
+        self._compiled.clear()
       start = time.perf_counter()
       out = np.asarray(sample(self.pipe.model, self.pipe.params, map_rows(take, cond), keys,
                               call_settings,
@@ -249,8 +300,11 @@ class Batcher:
                        for k, v in prepared.inputs.items()}, first_row(prepared.uncond))
       self.sample_jobs([Job(rows, _NoFuture())], record=False)
 
-  def close(self) -> None:
-    self._worker.shutdown(wait=True)
+  def close(self, grace_s: float = 0.0) -> bool:
+    """Stops taking calls and waits up to `grace_s` for the running one; False when it is
+    still running then (the caller may exit without it)."""
+    self._worker.shutdown(wait=False, cancel_futures=True)
+    return self._idle.wait(grace_s)
 
 
 def _bucket_decoders(pipe, sizes: list[int]) -> dict | None:

@@ -1,5 +1,6 @@
 // The paella-serve page: the settings and a mode's inputs -> POST /v1/<mode> -> the gallery.
 // A 4xx answer's {"error"} is shown in the status line (red); the images come back as base64 PNGs.
+// The API key field, when filled, goes with every request (Authorization: Bearer).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -45,8 +46,11 @@ function settings() {
 async function request(mode, body) {
   status(`${mode}...`);
   const started = performance.now();
+  const headers = { "Content-Type": "application/json" };
+  const key = $("api_key").value.trim();  // a server started with an API key (401 without)
+  if (key) headers.Authorization = `Bearer ${key}`;
   const response = await fetch(`/v1/${mode}`, {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+    method: "POST", headers, body: JSON.stringify(body) });
   const text = await response.text();
   let answer;
   try {
