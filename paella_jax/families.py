@@ -194,6 +194,8 @@ class Family:
   spatial: takes spatial conditioning (one embedding per latent position; `multi`).
   text_encoders: the encoders a prompt goes through, in model.json's "*_checkpoint" names.
   records_format: the format tag of its pre-encoded records (`paella_jax.data.records`).
+  lora_targets: the layers LoRA adapts by default, a regex matched in full against module paths
+    (`paella_jax.lora`).
   converter_module: its PyTorch weight converter (`paella_jax.convert.torch_io` says what one
     holds; to-torch runs it backwards).
   conditioning: the pipeline's conditioning class (`V1Conditioning`, `V3Conditioning`).
@@ -207,6 +209,7 @@ class Family:
   spatial: bool
   text_encoders: tuple[str, ...]
   records_format: str
+  lora_targets: str
   converter_module: str
   conditioning: type
 
@@ -266,6 +269,7 @@ PAELLA_V1 = Family(
                    edit=dict(cfg=6.0, steps=24, start_step=8, renoise_mode="prev"))),
     latent_shape=(32, 32), spatial=True, text_encoders=("clip",),
     records_format="paella-jax-records/1",
+    lora_targets=r".*/(mlp_in|mlp_out|cond_mapper)",
     converter_module="paella_jax.convert.paella", conditioning=V1Conditioning)
 
 PAELLA_V3 = Family(
@@ -280,6 +284,7 @@ PAELLA_V3 = Family(
         modes=dict(edit=dict(start_step=4))),
     latent_shape=(64, 64), spatial=False, text_encoders=("byt5", "clip"),
     records_format="paella-jax-records-v3/1",
+    lora_targets=r".*/(query|key|value|out|kv_mapper|mapper|mlp_in|mlp_out)",
     converter_module="paella_jax.convert.paella_v3", conditioning=V3Conditioning)
 
 FAMILIES = {family.kind: family for family in (PAELLA_V1, PAELLA_V3)}

@@ -41,6 +41,7 @@ import numpy as np
 from paella_jax import checkpoint, editing, families, request
 from paella_jax.checks import FieldError
 from paella_jax.families import Conditioning, as_rows, num_rows, repeat_rows
+from paella_jax.lora import apply_adapters
 from paella_jax.sampler_settings import SamplerSettings
 from paella_jax.sampling import row_keys, sample
 
@@ -148,7 +149,7 @@ class Pipeline:
                latent_shape: Sequence[int] | None = None, text_encoder=None, codec=None,
                byt5_encoder=None, clip_dir: str | None = None, vqgan_dir: str | None = None,
                byt5_dir: str | None = None, model_id: str | None = None, batch_size: int = 64,
-               directory: str | None = None):
+               directory: str | None = None, adapters: Sequence[Mapping[str, Any]] = ()):
     self.model, self.params, self.kind = model, params, kind
     self.family = families.get(kind)
     self.conditioning = self.family.conditioning(self)
@@ -157,19 +158,24 @@ class Pipeline:
     self.latent_shape = tuple(latent_shape or self.family.latent_shape)
     self.clip_dir, self.vqgan_dir, self.byt5_dir = clip_dir, vqgan_dir, byt5_dir
     self.model_id, self.batch_size, self.directory = model_id, batch_size, directory
+    self.adapters = [dict(a) for a in adapters]  # merged LoRA adapters: path, sha256, scale
     self._text, self._codec, self._byt5 = text_encoder, codec, byt5_encoder
 
   @classmethod
   def from_checkpoint(cls, directory: str, clip: str | None = None, vqgan: str | None = None,
-                      byt5: str | None = None, batch_size: int = 64) -> Pipeline:
+                      byt5: str | None = None, batch_size: int = 64,
+                      lora: Sequence[tuple[str, float]] = ()) -> Pipeline:
     """Loads a model directory (train.py's export or a converter's output) with the CLIP,
-    VQGAN and (v3) ByT5 its model.json records (relative to it), or the ones given."""
+    VQGAN and (v3) ByT5 its model.json records (relative to it), or the ones given; `lora`:
+    (adapter file, scale) pairs merged into its weights in order (`paella_jax.lora`)."""
     description = checkpoint.read_model_description(directory)
     if description["kind"] not in families.FAMILIES:
       raise ValueError(f"{directory} holds a {description['kind']!r} model, expected one of "
                        f"{families.KINDS}")
     family = families.get(description["kind"])
     model, params = family.load_checkpoint(directory)
+    params, adapters = apply_adapters(params, lora, kind=family.kind,
+                                      base_id=checkpoint.checkpoint_id(description))
     meta = description.get("meta", {})
     recorded = lambda given, key: (os.path.abspath(given) if given
                                    else checkpoint.recorded_path(directory, meta, key))
@@ -180,7 +186,7 @@ class Pipeline:
                byt5_dir=recorded(byt5, "byt5_checkpoint") if "byt5" in family.text_encoders
                else None,
                model_id=checkpoint.checkpoint_id(description), batch_size=batch_size,
-               directory=os.path.abspath(directory))
+               directory=os.path.abspath(directory), adapters=adapters)
 
   # --------------------------------------------------------------------------- components
 

@@ -35,7 +35,8 @@ def run_record(pipe, req: request.Request, settings: SamplerSettings) -> dict[st
   return dict(command=req.MODE, request=req.to_record(), sampler=settings.to_dict(),
               sampler_version=SAMPLER_VERSION, kind=pipe.kind, checkpoint=pipe.directory,
               checkpoint_id=pipe.model_id, clip_checkpoint=pipe.clip_dir,
-              vqgan_checkpoint=pipe.vqgan_dir, byt5_checkpoint=pipe.byt5_dir)
+              vqgan_checkpoint=pipe.vqgan_dir, byt5_checkpoint=pipe.byt5_dir,
+              lora=pipe.adapters)
 
 
 def image_sidecar(record: Mapping[str, Any], index: int, label: str) -> dict[str, Any]:
@@ -45,12 +46,18 @@ def image_sidecar(record: Mapping[str, Any], index: int, label: str) -> dict[str
 
 @dataclasses.dataclass(frozen=True)
 class Replay:
-  """A sidecar read back: the checkpoint directories and the request to sample again."""
+  """A sidecar read back: the checkpoint directories, the request to sample again and the LoRA
+  adapters merged into the model ({"path", "sha256", "scale"}; the files must be unchanged)."""
   checkpoint: str
   clip: str | None
   vqgan: str | None
   byt5: str | None
   request: request.Request
+  lora: tuple = ()
+
+  @property
+  def adapters(self) -> list[tuple[str, float]]:
+    return [(a["path"], a["scale"]) for a in self.lora]
 
 
 def load_replay(path: str) -> Replay:
@@ -98,9 +105,14 @@ def _pinned(record: Mapping[str, Any]) -> dict[str, Any]:
 
 def _from_record(record: Mapping[str, Any]) -> Replay:
   req = request.from_record(record["request"])
+  lora = tuple(record.get("lora") or ())
+  for adapter in lora:
+    if not (isinstance(adapter, dict) and isinstance(adapter.get("path"), str)
+            and isinstance(adapter.get("scale"), (int, float))):
+      raise ValueError(f"its lora entries must be {{path, sha256, scale}}, got {adapter!r:.80}")
   return Replay(record["checkpoint"], record.get("clip_checkpoint"),
                 record.get("vqgan_checkpoint"), record.get("byt5_checkpoint"),
-                dataclasses.replace(req, settings=_pinned(record)))
+                dataclasses.replace(req, settings=_pinned(record)), lora)
 
 
 def _from_legacy(record: Mapping[str, Any]) -> Replay:

@@ -189,7 +189,7 @@ def test_padding_does_not_change_the_loss(prepared):
   from paella_jax.training.step import loss_and_metrics
   cfg = config(byt5_drop_prob=0.0, clip_keep_prob=1.0, clip_image_keep_prob=1.0)
   trainer = Trainer.create(cfg)
-  (text_params,) = trainer.text_args
+  (text_params,) = trainer.frozen_args
   leaves, tree = jax.tree.flatten(trainer.init().params)  # random weights: a fresh model's
   keys = jax.random.split(jax.random.key(1), len(leaves))  # logits ignore the conditioning
   params = jax.tree.unflatten(tree, [x + 0.1 * jax.random.normal(k, x.shape)

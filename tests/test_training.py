@@ -1,6 +1,7 @@
 """The training step, the loop's checkpoints/resume, and the train.py / sample.py commands."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -136,6 +137,15 @@ def test_sample_command_with_prompts_writes_pngs_and_sidecars(tmp_path, tiny_che
   sidecar = json.load(open(out / "0002.json"))
   assert sidecar["label"] == "a blue square" and sidecar["request"]["seed"] == 0
   assert sidecar["sampler"]["cfg"] == 5.0 and sidecar["command"] == "generate"
+
+
+def test_a_moved_workdir_resumes(tmp_path):
+  """A workdir moved (or copied) elsewhere between two runs resumes where it stopped."""
+  straight = train(small_config(8), str(tmp_path / "a"), progress=False)
+  train(small_config(4), str(tmp_path / "b"), progress=False)
+  os.rename(tmp_path / "b", tmp_path / "moved")
+  resumed = train(small_config(8), str(tmp_path / "moved"), progress=False)
+  jax.tree.map(np.testing.assert_array_equal, straight.params, resumed.params)
 
 
 def test_fine_tuning_starts_from_an_inference_checkpoint(tmp_path):

@@ -1,6 +1,7 @@
 """paella-convert: PyTorch weights -> paella-jax checkpoints (`paella-convert {paella-v1,
 paella-v3,vqgan,clip,t5,inception} ...`), the export back to PyTorch (`paella-convert to-torch
-CHECKPOINT OUT`) and a random CLIP (the demo's text encoder: `paella-convert clip-random OUT`).
+CHECKPOINT OUT`), LoRA adapters merged into their base (`paella-convert merge-lora BASE ADAPTER
+OUT`) and a random CLIP (the demo's text encoder: `paella-convert clip-random OUT`).
 
 Each subcommand's arguments are defined here and passed as keywords to its converter module's
 `write_checkpoint` (paella_jax/convert/); a module is imported only when its subcommand is used.
@@ -104,6 +105,13 @@ def _to_torch(parser: argparse.ArgumentParser) -> None:
                       help="replace OUT if it is a file or a directory this command wrote")
 
 
+def _merge_lora(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("base", help="paella-jax model directory the adapter was trained on")
+  parser.add_argument("adapter", help="LoRA adapter file (.safetensors), PATH or PATH:SCALE")
+  parser.add_argument("out_dir", help="output checkpoint directory: the merged model")
+  parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+
+
 # subcommand: (converter module, its arguments, help)
 COMMANDS = {
     "paella-v1": ("paella_jax.convert.paella", _paella_v1,
@@ -119,6 +127,8 @@ COMMANDS = {
                   "FID Inception v3: pytorch-fid's pt_inception-2015-12-05 .pth"),
     "clip-random": ("paella_jax.convert.clip_random", _clip_random,
                     "a CLIP with random seeded weights (the demo's text encoder) + tokenizer"),
+    "merge-lora": ("paella_jax.lora", _merge_lora,
+                   "a LoRA adapter merged into its base model: a plain checkpoint"),
     "to-torch": ("paella_jax.convert.to_torch", _to_torch,
                  "export: paella-jax checkpoint -> PyTorch .pt/.ckpt/.safetensors or a diffusers "
                  "dir"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 
 from paella_jax.sampler_settings import OFF
 
@@ -29,3 +30,16 @@ def add_model_options(parser: argparse.ArgumentParser, default_checkpoint: str |
   parser.add_argument("--vqgan", help="VQGAN checkpoint directory (default: the model's)")
   parser.add_argument("--byt5", help="ByT5 encoder checkpoint directory of a Paella v3 model "
                       "(default: the model's)")
+  parser.add_argument("--lora", action="append", type=lora_option, default=[],
+                      metavar="PATH[:SCALE]", help="a LoRA adapter merged into the model at "
+                      "SCALE (default 1); repeatable, applied in order")
+
+
+def lora_option(text: str) -> tuple[str, float]:
+  """--lora PATH[:SCALE] -> (absolute path, scale)."""
+  from paella_jax.lora import parse_lora
+  try:
+    path, scale = parse_lora(text)
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(str(e)) from None
+  return os.path.abspath(path), scale

@@ -90,11 +90,11 @@ class _Heads(nn.Module):
     n, d = self.nhead, self.head_dim
     if self.merge:  # width c = n * d
       shape, flat, axes = (n, d, n * d), (n * d, n * d), ("heads", None, "embed")
-      bias_shape, bias_axes, equation = (n * d,), ("embed",), "...nd,ndc->...c"
+      bias_shape, bias_axes = (n * d,), ("embed",)  # "...nd,ndc->...c"
     else:
       c = x.shape[-1]
       shape, flat, axes = (c, n, d), (c, n * d), ("embed", "heads", None)
-      bias_shape, bias_axes, equation = (n, d), ("heads", None), "...c,cnd->...nd"
+      bias_shape, bias_axes = (n, d), ("heads", None)  # "...c,cnd->...nd"
 
     def init(key, full_shape, dtype=jnp.float32):
       return _xavier()(key, flat, dtype).reshape(full_shape)
@@ -103,7 +103,10 @@ class _Heads(nn.Module):
     bias = self.param("bias", _init(nn.initializers.zeros_init(), bias_axes), bias_shape,
                       self.param_dtype)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    return jnp.einsum(equation, x, kernel) + bias
+    # the contraction as one dot_general (what einsum lowers to), the form LoRA (qwix) adapts
+    contracted = (x.ndim - 2, x.ndim - 1) if self.merge else (x.ndim - 1,)
+    kernel_axes = tuple(range(len(contracted)))
+    return jax.lax.dot_general(x, kernel, ((contracted, kernel_axes), ((), ()))) + bias
 
 
 class GlobalResponseNorm(nn.Module):

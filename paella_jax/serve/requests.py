@@ -170,4 +170,5 @@ def _relative_paths(record: dict) -> dict:
   relative = lambda path: os.path.relpath(path) if isinstance(path, str) and os.path.isabs(
       path) else path
   return {k: relative(v) if k.endswith("checkpoint") else v for k, v in record.items()} | {
-      "request": {k: relative(v) if k in IMAGES else v for k, v in record["request"].items()}}
+      "request": {k: relative(v) if k in IMAGES else v for k, v in record["request"].items()},
+      "lora": [dict(a, path=relative(a["path"])) for a in record["lora"]]}

@@ -123,7 +123,7 @@ def train(config, workdir: str, progress: bool = True) -> TrainState:
   manager = checkpoint_manager(workdir, config)
   restored = restore_checkpoint(manager, trainer.abstract_state())
   state, data_state = restored if restored is not None else (trainer.init(), None)
-  if restored is None and config.train.get("init_from"):
+  if restored is None and config.train.get("init_from") and trainer.lora is None:
     state = load_initial_params(state, config.train.init_from, trainer.model)
   total, batch_size = config.train.total_steps, config.train.batch_size
   batches = make_batcher(config, data_state, process_rows(trainer.batch_sharding, batch_size))
@@ -145,11 +145,11 @@ def train(config, workdir: str, progress: bool = True) -> TrainState:
     shapes = tuple(sorted((k, v.shape) for k, v in batch.items()))
     if shapes not in compiled:  # compile time stays out of the throughput
       began = time.perf_counter()
-      step_fn = trainer.step.lower(state, batch, *trainer.text_args).compile()
+      step_fn = trainer.step.lower(state, batch, *trainer.frozen_args).compile()
       compiled[shapes] = step_fn, step_fn.cost_analysis().get("flops", 0.0)
       last_time += time.perf_counter() - began
     step_fn, flops = compiled[shapes]
-    state, metrics = step_fn(state, batch, *trainer.text_args)
+    state, metrics = step_fn(state, batch, *trainer.frozen_args)
     done = step + 1
     if done % config.train.log_every == 0 or done == total:
       scalars = jax.device_get(metrics)
@@ -177,7 +177,11 @@ def train(config, workdir: str, progress: bool = True) -> TrainState:
   writer.close()
   if bar is not None:
     bar.close()
-  if int(state.step) == total:
+  if int(state.step) == total and trainer.lora is not None:
+    out = export_adapter(state, trainer, os.path.join(workdir, ADAPTER_FILE))
+    if out:
+      print(f"done: adapter written to {out}")
+  elif int(state.step) == total:
     out = export_model(state, trainer.model, os.path.join(workdir, "model"), config)
     if out:
       print(f"done: model written to {out}")
@@ -203,6 +207,26 @@ def exported_weights(state: TrainState, config):
   if weights is None:
     raise ValueError("export.weights='ema' needs train.ema_decay > 0")
   return weights
+
+
+ADAPTER_FILE = "adapter.safetensors"
+
+
+def export_adapter(state: TrainState, trainer, path: str) -> str | None:
+  """Writes LoRA's adapter file (the EMA or raw factors, config.export.weights) for the base
+  model config.train.init_from; process 0 writes."""
+  from flax.traverse_util import flatten_dict
+  from paella_jax.checkpoint import checkpoint_id
+  from paella_jax.lora import save_adapters
+  from jax.experimental import multihost_utils
+  weights = multihost_utils.process_allgather(exported_weights(state, trainer.config),
+                                              tiled=True)
+  if jax.process_index() != 0:
+    return None
+  factors = {"/".join(k): np.asarray(v) for k, v in flatten_dict(weights).items()}
+  return save_adapters(path, factors, kind=families.of_model(trainer.model).kind,
+                       spec=trainer.lora,
+                       base_id=checkpoint_id(trainer.config.train.init_from))
 
 
 def export_model(state: TrainState, model, out_dir: str, config) -> str | None:

@@ -15,7 +15,13 @@ Paella v3 trained on ByT5 byte ids (config.data.byt5 = "ids") runs the frozen By
 `config.byt5` inside the step: `text_params()` loads its weights (config.byt5.checkpoint, or
 random ones for tests: config.byt5.random_weights) sharded by its own logical rules
 (config.byt5.sharding.rules, FSDP by default) on the same mesh, and the step takes them as a
-third argument: `trainer.step(state, batch, *trainer.text_args)`.
+third argument: `trainer.step(state, batch, *trainer.frozen_args)`.
+
+LoRA fine-tuning (config.train.lora, see `paella_jax.lora`) trains only adapter factors: the
+step runs the model with adapters, the state (and so the optimizer state, the EMA and the
+checkpoints) holds only the factors, and the frozen base params, loaded from
+config.train.init_from (in config.train.lora.base_dtype) and sharded as the base model's
+parameters, are the step's first frozen argument.
 """
 
 from __future__ import annotations
@@ -31,11 +37,29 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 
 from paella_jax.init_from_shapes import init_from_shapes
-from paella_jax import families
+from paella_jax import families, lora
 from paella_jax.models import paella, paella_v3
 from paella_jax.sharding import batch_sharding, logical_shardings, make_mesh, with_logical_rules
 from paella_jax.training.step import (TrainState, init_params, init_state, make_optimizer,
                                       make_train_step, state_from_params)
+
+
+def lora_spec(config) -> lora.LoraSpec | None:
+  """The LoRA settings of a training config (config.train.lora), None when it trains every
+  weight."""
+  c = config.train.get("lora")
+  if not c:
+    return None
+  return lora.LoraSpec(rank=c.rank, alpha=float(c.alpha), targets=c.get("targets") or None,
+                       dropout=float(c.get("dropout", 0.0)))
+
+
+def split_adapters(params) -> tuple[Any, Any]:
+  """(base, adapters): a params tree split into its LoRA factors and the rest."""
+  from flax.traverse_util import flatten_dict, unflatten_dict
+  flat = flatten_dict(params)
+  return (unflatten_dict({k: v for k, v in flat.items() if not lora.is_factor(k)}),
+          unflatten_dict({k: v for k, v in flat.items() if lora.is_factor(k)}))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +76,8 @@ class Trainer:
   _state_from_params: Callable[..., Any]  # jit: (params, rng) -> TrainState, params donated
   text_encoder: Any = None      # v3 on byte ids: the frozen T5Encoder run inside the step
   text_shardings: Any = None    # its parameters' NamedShardings
+  lora: lora.LoraSpec | None = None  # LoRA: the adapters' settings (targets filled in)
+  base_shardings: Any = None    # LoRA: the frozen base params' NamedShardings
 
   @classmethod
   def create(cls, config, devices: Sequence[Any] | None = None) -> "Trainer":
@@ -59,13 +85,18 @@ class Trainer:
     optimizer = make_optimizer(config.train)
     mesh = make_mesh(config.mesh, devices)
     rules = config.sharding.rules
-    state_shardings = logical_shardings(_state_shapes(model, optimizer, config, unbox=False),
+    spec = lora_spec(config)
+    spec = spec and spec.for_model(model)
+    trained = lora.lora_model(model, spec) if spec else model
+    state_shardings = logical_shardings(_state_shapes(trained, optimizer, config, unbox=False),
                                         mesh, rules)
+    base_shardings = logical_shardings(_base_shapes(model, config), mesh, rules) if spec else None
     data = batch_sharding(mesh, rules)
     text, text_shardings = (_text_encoder(config, model, mesh) if v3_text_input(config) == "ids"
                             else (None, None))
-    train_step = make_train_step(model, optimizer, config.train, text)
-    in_shardings = (state_shardings, data) + ((text_shardings,) if text else ())
+    train_step = make_train_step(trained, optimizer, config.train, text, frozen_base=bool(spec))
+    in_shardings = ((state_shardings, data) + ((base_shardings,) if spec else ())
+                    + ((text_shardings,) if text else ()))
     step = jax.jit(functools.wraps(train_step)(with_logical_rules(train_step, mesh, rules)),
                    in_shardings=in_shardings,  # every array of a batch: rows split
                    out_shardings=(state_shardings, None), donate_argnums=0)
@@ -73,11 +104,32 @@ class Trainer:
         lambda params, rng: state_from_params(params, optimizer, rng, config.train.ema_decay > 0),
         out_shardings=state_shardings, donate_argnums=0)
     return cls(config, model, optimizer, mesh, state_shardings, data, step, state_from, text,
-               text_shardings)
+               text_shardings, spec, base_shardings)
 
   @functools.cached_property
-  def text_args(self) -> tuple:
-    """The step's arguments after (state, batch): (ByT5 params,) on byte ids, else ()."""
+  def frozen_args(self) -> tuple:
+    """The step's arguments after (state, batch): LoRA's base params, then the ByT5 params on
+    byte ids; () when there are none."""
+    return self._base_args() + self._text_args()
+
+  def _base_args(self) -> tuple:
+    """(the frozen base params,) of LoRA: config.train.init_from's weights in
+    config.train.lora.base_dtype, placed in their shards."""
+    if self.lora is None:
+      return ()
+    init_from = self.config.train.get("init_from")
+    if not init_from:
+      raise ValueError("LoRA fine-tuning (config.train.lora) adapts a trained model: give it "
+                       "with --config.train.init_from=CKPT_DIR")
+    loaded, params = families.of_model(self.model).load_checkpoint(init_from)
+    if loaded.architecture() != self.model.architecture():
+      raise ValueError(f"{init_from} holds {loaded.architecture()}, but the config trains "
+                       f"{self.model.architecture()}")
+    dtype = jnp.dtype(self.config.train.lora.get("base_dtype", "float32"))
+    return (jax.device_put(jax.tree.map(lambda p: jnp.asarray(p, dtype), params),
+                           self.base_shardings),)
+
+  def _text_args(self) -> tuple:
     if self.text_encoder is None:
       return ()
     from paella_jax.encoders.byt5 import load_t5_encoder, random_t5_encoder
@@ -93,14 +145,21 @@ class Trainer:
                          f"{self.text_encoder.config}")
     return (jax.device_put(params, self.text_shardings),)
 
-  def abstract_text_args(self) -> tuple:
-    """`text_args` as ShapeDtypeStructs with their shardings (for AOT)."""
-    if self.text_encoder is None:
-      return ()
-    from paella_jax.models.t5 import init_params
-    shapes = jax.eval_shape(lambda: init_params(self.text_encoder, jax.random.key(0)))
-    return (jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                         shapes, self.text_shardings),)
+  def abstract_frozen_args(self) -> tuple:
+    """`frozen_args` as ShapeDtypeStructs with their shardings (for AOT)."""
+    place = lambda shapes, shardings, dtype=None: jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, dtype or s.dtype, sharding=sh), shapes,
+        shardings)
+    args = ()
+    if self.lora is not None:
+      dtype = jnp.dtype(self.config.train.lora.get("base_dtype", "float32"))
+      args += (place(_base_shapes(self.model, self.config, unbox=True), self.base_shardings,
+                     dtype),)
+    if self.text_encoder is not None:
+      from paella_jax.models.t5 import init_params as init_t5
+      shapes = jax.eval_shape(lambda: init_t5(self.text_encoder, jax.random.key(0)))
+      args += (place(shapes, self.text_shardings),)
+    return args
 
   def init(self, rng: jax.Array | None = None) -> TrainState:
     """A fresh state (the values of `step.init_state`): the parameters from shapes, each placed
@@ -109,13 +168,16 @@ class Trainer:
     rng = jax.random.key(self.config.train.seed) if rng is None else rng
     params_rng, state_rng = jax.random.split(rng)
     latent_shape = tuple(self.config.latent_shape)
-    params = init_from_shapes(lambda key: init_params(self.model, key, latent_shape), params_rng,
-                              self.state_shardings.params)
+    model = self.model if self.lora is None else lora.lora_model(self.model, self.lora)
+    trained = (lambda key: init_params(model, key, latent_shape)) if self.lora is None else (
+        lambda key: split_adapters(init_params(model, key, latent_shape))[1])
+    params = init_from_shapes(trained, params_rng, self.state_shardings.params)
     return self._state_from_params(params, state_rng)
 
   def abstract_state(self) -> TrainState:
     """The state as ShapeDtypeStructs carrying their shardings (for restoring and AOT)."""
-    shapes = _state_shapes(self.model, self.optimizer, self.config)
+    model = self.model if self.lora is None else lora.lora_model(self.model, self.lora)
+    shapes = _state_shapes(model, self.optimizer, self.config)
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                         shapes, self.state_shardings)
 
@@ -147,7 +209,7 @@ class Trainer:
     """The step lowered and compiled for abstract arguments: call it like `step`, and read
     its `cost_analysis()` and `memory_analysis()`."""
     return self.step.lower(self.abstract_state(), self.abstract_batch(batch_size, byt5_length),
-                           *self.abstract_text_args()).compile()
+                           *self.abstract_frozen_args()).compile()
 
 
 def _v1_fields(trainer: Trainer, byt5_length: int | None) -> dict[str, tuple]:
@@ -172,10 +234,21 @@ _CONDITIONING_FIELDS = {"paella_v1": _v1_fields, "paella_v3": _v3_fields}
 
 
 def _state_shapes(model, optimizer, config, unbox: bool = True) -> TrainState:
-  """The fresh state's ShapeDtypeStructs (boxed with logical axis names unless `unbox`)."""
-  return jax.eval_shape(lambda: init_state(model, optimizer, jax.random.key(0),
-                                           tuple(config.latent_shape),
-                                           ema=config.train.ema_decay > 0, unbox=unbox))
+  """The fresh state's ShapeDtypeStructs (boxed with logical axis names unless `unbox`). For a
+  model with LoRA adapters the state holds only their factors."""
+  key, latent, ema = jax.random.key(0), tuple(config.latent_shape), config.train.ema_decay > 0
+  if lora_spec(config) is None:
+    return jax.eval_shape(lambda: init_state(model, optimizer, key, latent, ema=ema,
+                                             unbox=unbox))
+  return jax.eval_shape(lambda: state_from_params(
+      split_adapters(init_params(model, key, latent, unbox))[1], optimizer, key, ema))
+
+
+def _base_shapes(model, config, unbox: bool = False):
+  """The base model's params as ShapeDtypeStructs (boxed with logical axis names unless
+  `unbox`)."""
+  return jax.eval_shape(lambda: init_params(model, jax.random.key(0), tuple(config.latent_shape),
+                                            unbox))
 
 
 def v3_text_input(config) -> str | None:

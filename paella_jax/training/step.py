@@ -126,7 +126,8 @@ def v1_loss_and_metrics(params, model: nn.Module, batch: Mapping[str, jax.Array]
   r = jax.random.uniform(r_rng, (tokens.shape[0],))
   noised, _ = add_noise(noise_rng, tokens, r, model.num_labels)
   clip = drop_conditioning(drop_rng, clip, cfg["cond_drop_prob"], cfg["cond_drop_mode"])
-  logits = model.apply({"params": params}, noised, clip, r)
+  logits = model.apply({"params": params}, noised, clip, r,
+                       rngs={"dropout": jax.random.fold_in(drop_rng, 1)})  # LoRA dropout
   loss = jnp.mean(smoothed_cross_entropy(logits, tokens, cfg["label_smoothing"]))
   accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == tokens)
   return loss, {"loss": loss, "accuracy": accuracy}
@@ -188,7 +189,8 @@ def v3_loss_and_metrics(params, model: nn.Module, batch: Mapping[str, jax.Array]
   inputs, keep_image = v3_drop_conditioning(drop_rng, batch, cfg, encode)
 
   def scored(clip_image):
-    logits = model.apply({"params": params}, noised, r, clip_image=clip_image, **inputs)
+    logits = model.apply({"params": params}, noised, r, clip_image=clip_image, **inputs,
+                         rngs={"dropout": jax.random.fold_in(drop_rng, 1)})  # LoRA dropout
     ce = smoothed_cross_entropy(logits, tokens, cfg["label_smoothing"])
     loss = jnp.mean(jnp.sum(ce * weight, axis=(1, 2)) / jnp.sum(weight, axis=(1, 2)))
     return loss, jnp.mean(jnp.argmax(logits, axis=-1) == tokens)
@@ -209,9 +211,22 @@ _LOSSES = {
 }
 
 
+def with_base(base, adapters):
+  """One params tree: the frozen `base` with the trained `adapters` (LoRA factors) beside its
+  kernels."""
+  return flax.traverse_util.unflatten_dict({**flax.traverse_util.flatten_dict(base),
+                                            **flax.traverse_util.flatten_dict(adapters)})
+
+
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
-                    cfg: Mapping[str, Any], text_encoder: nn.Module | None = None):
-  """Returns train_step(state, batch, text_params=None) -> (new state, metrics dict of scalars).
+                    cfg: Mapping[str, Any], text_encoder: nn.Module | None = None,
+                    frozen_base: bool = False):
+  """Returns train_step(state, batch, *frozen) -> (new state, metrics dict of scalars); frozen:
+  (base_params,) when `frozen_base`, then (text_params,) with a `text_encoder`.
+
+  frozen_base (LoRA, `paella_jax.lora`): `model` is the model with adapters, state.params
+  holds only its adapter factors (so the optimizer state and the EMA cover only them), and the
+  frozen base params are an argument of the step (sharded by the caller), never trained.
 
   text_encoder (v3, batches of "byt5_ids"): the frozen ByT5 encoder (`models.t5.T5Encoder`),
   run on the (caption-dropped) byte ids with their padding mask; its `text_params` are an
@@ -225,9 +240,11 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
   schedule = learning_rate_schedule(cfg)
   accum = int(cfg.get("grad_accum_steps", 1))
   ema_decay = float(cfg.get("ema_decay", 0.0))
-  grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)
 
-  def gradients(params, batch, rng, encode):
+  def gradients(params, batch, rng, encode, base):
+    loss = lambda trained, *args: loss_and_metrics(
+        trained if base is None else with_base(base, trained), *args)
+    grad_fn = jax.value_and_grad(loss, has_aux=True)
     if accum == 1:
       (_, metrics), grads = grad_fn(params, model, batch, rng, cfg, encode)
       return grads, metrics
@@ -248,13 +265,15 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
     total, _ = jax.lax.scan(micro, zeros, (jax.tree.map(split, batch), jnp.arange(accum)))
     return jax.tree.map(lambda x: x / accum, total)
 
-  def train_step(state: TrainState, batch: Mapping[str, jax.Array], text_params=None):
+  def train_step(state: TrainState, batch: Mapping[str, jax.Array], *frozen):
     rng = jax.random.fold_in(state.rng, state.step)
+    base = frozen[0] if frozen_base else None
     encode = None
     if text_encoder is not None:
+      text_params = frozen[-1]
       encode = lambda ids, mask: text_encoder.apply({"params": text_params}, ids,
                                                     attention_mask=mask)
-    grads, metrics = gradients(state.params, batch, rng, encode)
+    grads, metrics = gradients(state.params, batch, rng, encode, base)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = state.ema_params
