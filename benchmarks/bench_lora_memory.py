@@ -35,14 +35,21 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--rank", type=int, default=8)
   parser.add_argument("--base-dtype", default="bfloat16", choices=("float32", "bfloat16"))
+  parser.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="the model's activation dtype (config.model.dtype)")
+  parser.add_argument("--only", choices=("lora", "full"), help="compile one of the two steps")
   args = parser.parse_args()
   lora = finetune_lora.get_config(args.base)
   lora.train.lora.update(rank=args.rank, base_dtype=args.base_dtype)
   full = finetune_lora.get_config(args.base)
   full.train.lora = None
-  for name, config in (("LoRA", lora), ("full fine-tuning", full)):
+  for only, name, config in (("lora", "LoRA", lora), ("full", "full fine-tuning", full)):
+    if args.only not in (None, only):
+      continue
     config.train.batch_size, config.mesh.shape = args.batch, (1, 1, 1)
-    print(f"{args.base} batch {args.batch}, {name}: {memory_row(config, args.batch)}", flush=True)
+    config.model.dtype = args.compute_dtype
+    print(f"{args.base} batch {args.batch}, {args.compute_dtype} compute, {name}: "
+          f"{memory_row(config, args.batch)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ import jax
 import numpy as np
 
 from paella_jax import checkpoint, editing, families, request
+from paella_jax import quantize as quantization
 from paella_jax.checks import FieldError
 from paella_jax.families import Conditioning, as_rows, num_rows, repeat_rows
 from paella_jax.lora import apply_adapters
@@ -130,6 +131,13 @@ def _as_embeddings(embeddings) -> Conditioning:
   return as_rows(loaded)
 
 
+def _encoder_rows() -> int:
+  """Rows per call of the text and image encoders: 8 per local device, whatever the pipeline's
+  batch_size. A row's embedding then never depends on the caller (paella-sample, the server,
+  paella-eval): in bfloat16 it does depend on the program's batch."""
+  return 8 * jax.local_device_count()
+
+
 def _per_prompt(prompts: Sequence[str], n: int) -> list[str]:
   return [p for p in prompts for _ in range(n)]
 
@@ -149,7 +157,8 @@ class Pipeline:
                latent_shape: Sequence[int] | None = None, text_encoder=None, codec=None,
                byt5_encoder=None, clip_dir: str | None = None, vqgan_dir: str | None = None,
                byt5_dir: str | None = None, model_id: str | None = None, batch_size: int = 64,
-               directory: str | None = None, adapters: Sequence[Mapping[str, Any]] = ()):
+               directory: str | None = None, adapters: Sequence[Mapping[str, Any]] = (),
+               quantize: str | None = None):
     self.model, self.params, self.kind = model, params, kind
     self.family = families.get(kind)
     self.conditioning = self.family.conditioning(self)
@@ -159,15 +168,19 @@ class Pipeline:
     self.clip_dir, self.vqgan_dir, self.byt5_dir = clip_dir, vqgan_dir, byt5_dir
     self.model_id, self.batch_size, self.directory = model_id, batch_size, directory
     self.adapters = [dict(a) for a in adapters]  # merged LoRA adapters: path, sha256, scale
+    self.quantize = quantization.check(quantize)  # of the encoders loaded here (CLIP, ByT5)
     self._text, self._codec, self._byt5 = text_encoder, codec, byt5_encoder
 
   @classmethod
   def from_checkpoint(cls, directory: str, clip: str | None = None, vqgan: str | None = None,
                       byt5: str | None = None, batch_size: int = 64,
-                      lora: Sequence[tuple[str, float]] = ()) -> Pipeline:
+                      lora: Sequence[tuple[str, float]] = (), quantize: str | None = None
+                      ) -> Pipeline:
     """Loads a model directory (train.py's export or a converter's output) with the CLIP,
     VQGAN and (v3) ByT5 its model.json records (relative to it), or the ones given; `lora`:
-    (adapter file, scale) pairs merged into its weights in order (`paella_jax.lora`)."""
+    (adapter file, scale) pairs merged into its weights in order (`paella_jax.lora`);
+    `quantize`: "bfloat16" or "int8" weights for the predictor, CLIP and ByT5
+    (`paella_jax.quantize`), None for the checkpoints' own."""
     description = checkpoint.read_model_description(directory)
     if description["kind"] not in families.FAMILIES:
       raise ValueError(f"{directory} holds a {description['kind']!r} model, expected one of "
@@ -177,35 +190,43 @@ class Pipeline:
     params, adapters = apply_adapters(params, lora, kind=family.kind,
                                       base_id=checkpoint.checkpoint_id(description))
     meta = description.get("meta", {})
+    latent_shape = meta.get("latent_shape") or family.latent_shape
+    model, params = quantization.quantize(model, params, quantize,
+                                          family.module.example_inputs(model, latent_shape))
     recorded = lambda given, key: (os.path.abspath(given) if given
                                    else checkpoint.recorded_path(directory, meta, key))
     return cls(model, jax.device_put(params), kind=family.kind,
-               sampling=meta.get("sampling"), latent_shape=meta.get("latent_shape"),
+               sampling=meta.get("sampling"), latent_shape=latent_shape,
                clip_dir=recorded(clip, "clip_checkpoint"),
                vqgan_dir=recorded(vqgan, "vqgan_checkpoint"),
                byt5_dir=recorded(byt5, "byt5_checkpoint") if "byt5" in family.text_encoders
                else None,
                model_id=checkpoint.checkpoint_id(description), batch_size=batch_size,
-               directory=os.path.abspath(directory), adapters=adapters)
+               directory=os.path.abspath(directory), adapters=adapters, quantize=quantize)
 
   # --------------------------------------------------------------------------- components
 
   def text_encoder(self, vision: bool = False):
     """The CLIP encoder (with its vision tower when `vision`), loaded on first use."""
     from paella_jax.encoders.clip import ClipEncoder, load_clip
+    from paella_jax.models.clip import example_inputs
     has_vision = self._text is not None and self._text.model.config.vision is not None
     if self._text is None or (vision and not has_vision):
       if not self.clip_dir:
         raise ValueError("this needs a CLIP text encoder: the model records none; pass one "
                          "(--clip CKPT_DIR)")
-      self._text = ClipEncoder(*load_clip(self.clip_dir, text_only=not vision),
-                               batch_size=self.batch_size)
+      model, params, tokenizer = load_clip(self.clip_dir, text_only=not vision)
+      model, params = quantization.quantize(model, params, self.quantize,
+                                            example_inputs(model.config),
+                                            methods=("encode_text", "encode_image"))
+      self._text = ClipEncoder(model, params, tokenizer, batch_size=_encoder_rows())
     return self._text
 
   def byt5_encoder(self):
-    """The ByT5 encoder of a v3 model, loaded on first use. It encodes up to 8 prompts per
-    device at once, each attending to its own tokens only (see `ByT5Encoder`)."""
+    """The ByT5 encoder of a v3 model, loaded on first use (`_encoder_rows` prompts per call,
+    each attending to its own tokens only: see `ByT5Encoder`)."""
     from paella_jax.encoders.byt5 import ByT5Encoder, load_t5_encoder
+    from paella_jax.models.t5 import example_inputs
     if self._byt5 is None:
       if not self.byt5_dir:
         raise ValueError("this needs a ByT5 text encoder: the model records none; pass one "
@@ -214,7 +235,8 @@ class Pipeline:
       if tokenizer is None:
         raise ValueError(f"{self.byt5_dir} is a T5 without the byte tokenizer; Paella v3 "
                          "takes ByT5 states (convert google/byt5-xl)")
-      self._byt5 = ByT5Encoder(model, params, tokenizer, batch_size=8 * jax.local_device_count())
+      model, params = quantization.quantize(model, params, self.quantize, example_inputs())
+      self._byt5 = ByT5Encoder(model, params, tokenizer, batch_size=_encoder_rows())
     return self._byt5
 
   @property

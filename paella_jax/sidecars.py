@@ -2,7 +2,8 @@
 
 A run record (`run_record`) holds the request (`paella_jax.request`, its inputs as absolute
 paths), every sampler setting used, the sampler version, the model family, and the checkpoint
-directories with the model's id (a digest of its weights and description). paella-sample writes
+directories with the model's id (a digest of its weights and description), the LoRA adapters
+merged into it and the weights' quantization. paella-sample writes
 it as codes.json and, with each image's index and label, as the image's JSON sidecar; the server
 returns the same sidecars. `load_replay` reads one back as the checkpoints and the request (its
 settings pinned to the recorded ones), refusing a sidecar of another sampler version or of a
@@ -19,6 +20,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from paella_jax import quantize as quantization
 from paella_jax import request
 from paella_jax.sampler_settings import OFF, SamplerSettings
 
@@ -36,7 +38,7 @@ def run_record(pipe, req: request.Request, settings: SamplerSettings) -> dict[st
               sampler_version=SAMPLER_VERSION, kind=pipe.kind, checkpoint=pipe.directory,
               checkpoint_id=pipe.model_id, clip_checkpoint=pipe.clip_dir,
               vqgan_checkpoint=pipe.vqgan_dir, byt5_checkpoint=pipe.byt5_dir,
-              lora=pipe.adapters)
+              lora=pipe.adapters, quantize=pipe.quantize)
 
 
 def image_sidecar(record: Mapping[str, Any], index: int, label: str) -> dict[str, Any]:
@@ -46,14 +48,16 @@ def image_sidecar(record: Mapping[str, Any], index: int, label: str) -> dict[str
 
 @dataclasses.dataclass(frozen=True)
 class Replay:
-  """A sidecar read back: the checkpoint directories, the request to sample again and the LoRA
-  adapters merged into the model ({"path", "sha256", "scale"}; the files must be unchanged)."""
+  """A sidecar read back: the checkpoint directories, the request to sample again, the LoRA
+  adapters merged into the model ({"path", "sha256", "scale"}; the files must be unchanged) and
+  the weights' quantization (None: the checkpoints' own dtypes)."""
   checkpoint: str
   clip: str | None
   vqgan: str | None
   byt5: str | None
   request: request.Request
   lora: tuple = ()
+  quantize: str | None = None
 
   @property
   def adapters(self) -> list[tuple[str, float]]:
@@ -112,7 +116,8 @@ def _from_record(record: Mapping[str, Any]) -> Replay:
       raise ValueError(f"its lora entries must be {{path, sha256, scale}}, got {adapter!r:.80}")
   return Replay(record["checkpoint"], record.get("clip_checkpoint"),
                 record.get("vqgan_checkpoint"), record.get("byt5_checkpoint"),
-                dataclasses.replace(req, settings=_pinned(record)), lora)
+                dataclasses.replace(req, settings=_pinned(record)), lora,
+                quantization.check(record.get("quantize")))
 
 
 def _from_legacy(record: Mapping[str, Any]) -> Replay:

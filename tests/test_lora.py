@@ -124,18 +124,23 @@ def _base_whose_blocks_matter(tiny_checkpoints, out) -> str:
   return save_model(out, unflatten_dict(flat), "paella_v1", model.architecture(), meta=meta)
 
 
+def _style_adapter(base_dir: str, tmp_path) -> str:
+  """A rank-2 adapter of the base with random, nonzero factors: DIR/style.safetensors."""
+  from paella_jax.checkpoint import checkpoint_id
+  model, _ = families.get("paella_v1").load_checkpoint(base_dir)
+  spec = lora.LoraSpec(rank=2, alpha=4.0).for_model(model)
+  return lora.save_adapters(str(tmp_path / "style.safetensors"),
+                            lora.random_adapters(model, spec, seed=3, b_scale=0.3),
+                            kind="paella_v1", spec=spec, base_id=checkpoint_id(base_dir))
+
+
 def test_sampling_with_an_adapter_replays_exactly_and_merge_lora_matches(tiny_checkpoints,
                                                                          tmp_path):
   from PIL import Image
-  from paella_jax.checkpoint import checkpoint_id
   from paella_jax.commands.convert import main as convert_main
   from paella_jax.commands.sample import main as sample_main
   base_dir = _base_whose_blocks_matter(tiny_checkpoints, str(tmp_path / "base_model"))
-  model, _ = families.get("paella_v1").load_checkpoint(base_dir)
-  spec = lora.LoraSpec(rank=2, alpha=4.0).for_model(model)
-  path = lora.save_adapters(str(tmp_path / "style.safetensors"),
-                            lora.random_adapters(model, spec, seed=3, b_scale=0.3),
-                            kind="paella_v1", spec=spec, base_id=checkpoint_id(base_dir))
+  path = _style_adapter(base_dir, tmp_path)
   common = ["--prompt", "a red circle", "--seed", "5", "--batch-size", "2"]
   sample_main(["generate", "--checkpoint", base_dir, *common, "--out", str(tmp_path / "base")])
   sample_main(["generate", "--checkpoint", base_dir, "--lora", f"{path}:0.5", *common,
@@ -156,3 +161,35 @@ def test_sampling_with_an_adapter_replays_exactly_and_merge_lora_matches(tiny_ch
   with pytest.raises(ValueError):
     sample_main(["replay", str(tmp_path / "adapted" / "0001.json"), "--out",
                  str(tmp_path / "r2")])
+
+
+def test_a_server_with_an_adapter_and_int8_weights_serves_what_paella_sample_gives(
+    tiny_checkpoints, tmp_path):
+  """paella-serve --lora --quantize int8: the served images are paella-sample's with the same
+  flags, and the served sidecar (adapter, quantization) replays to the same pixels."""
+  from PIL import Image
+  from paella_jax.commands.sample import main as sample_main
+  from tests.test_serve import Server, pixels
+  base_dir = _base_whose_blocks_matter(tiny_checkpoints, str(tmp_path / "base_model"))
+  path = _style_adapter(base_dir, tmp_path)
+  flags = ["--lora", f"{path}:0.5", "--quantize", "int8"]
+  inputs = tmp_path / "inputs"
+  inputs.mkdir()
+  server = Server(base_dir, inputs, *flags)
+  try:
+    status, answer = server.post("/v1/generate", {"prompt": "a red circle", "seed": 5,
+                                                  "num_images": 2})
+  finally:
+    server.stop()
+  assert status == 200, answer
+  sample_main(["generate", "--checkpoint", base_dir, *flags, "--prompt", "a red circle",
+               "--seed", "5", "--batch-size", "2", "--out", str(tmp_path / "cli")])
+  for i, served in enumerate(answer["images"]):
+    np.testing.assert_array_equal(pixels(served),
+                                  np.asarray(Image.open(tmp_path / "cli" / f"{i:04d}.png")))
+  sidecar = answer["sidecars"][1]
+  assert sidecar["quantize"] == "int8" and sidecar["lora"][0]["scale"] == 0.5
+  (tmp_path / "served.json").write_text(json.dumps(sidecar))
+  sample_main(["replay", str(tmp_path / "served.json"), "--out", str(tmp_path / "replay")])
+  np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "replay" / "0001.png")),
+                                pixels(answer["images"][1]))

@@ -74,7 +74,8 @@ def main(argv=None) -> dict:
   devices = jax.local_device_count()
   batch_size = -(-args.batch_size // devices) * devices   # a multiple of the local devices
   pipe = Pipeline.from_checkpoint(args.checkpoint, clip=args.clip, vqgan=args.vqgan,
-                                  byt5=args.byt5, batch_size=batch_size, lora=args.lora)
+                                  byt5=args.byt5, batch_size=batch_size, lora=args.lora,
+                                  quantize=args.quantize)
   gen = Generator(pipe, batch_size, args.seed,
                   settings=dict(steps=args.steps, typical_mass=args.typical_mass))
   spec = args.data or ("demo" if is_demo(pipe.clip_dir, gen.image_size) else None)

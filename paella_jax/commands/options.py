@@ -6,6 +6,7 @@ import argparse
 import math
 import os
 
+from paella_jax.quantize import QUANTIZATIONS
 from paella_jax.sampler_settings import OFF
 
 
@@ -23,7 +24,8 @@ def number_or_off(text: str) -> float | str:
 
 
 def add_model_options(parser: argparse.ArgumentParser, default_checkpoint: str | None) -> None:
-  """--checkpoint and the encoders a model directory records (--clip, --vqgan, --byt5)."""
+  """--checkpoint, the encoders a model directory records (--clip, --vqgan, --byt5), LoRA
+  adapters (--lora) and the weights' precision (--quantize)."""
   parser.add_argument("--checkpoint", default=default_checkpoint, required=not default_checkpoint,
                       help="model directory written by paella-train or paella-convert")
   parser.add_argument("--clip", help="CLIP checkpoint directory (default: the model's)")
@@ -33,6 +35,10 @@ def add_model_options(parser: argparse.ArgumentParser, default_checkpoint: str |
   parser.add_argument("--lora", action="append", type=lora_option, default=[],
                       metavar="PATH[:SCALE]", help="a LoRA adapter merged into the model at "
                       "SCALE (default 1); repeatable, applied in order")
+  parser.add_argument("--quantize", choices=QUANTIZATIONS,
+                      help="hold the predictor, CLIP and ByT5 weights in bfloat16, or int8 "
+                      "(weight-only, bfloat16 compute; docs/sampling.md#precision); default: "
+                      "the checkpoints' own dtypes")
 
 
 def lora_option(text: str) -> tuple[str, float]:

@@ -172,15 +172,17 @@ def output_dir(args) -> str:
 def run(args) -> str:
   """Samples for `args` and writes the outputs; returns the output folder."""
   req = to_request(args)
-  return _sample(args.checkpoint, args.clip, args.vqgan, args.byt5, args.lora, req, args)
+  return _sample(args.checkpoint, args.clip, args.vqgan, args.byt5, args.lora, args.quantize,
+                 req, args)
 
 
-def _sample(checkpoint: str, clip, vqgan, byt5, lora, req, args, adapters=None) -> str:
-  """Samples `req` with the model (and its LoRA adapters) and writes the run; `adapters`: the
-  sha256 each adapter file must have (a replay), in order."""
+def _sample(checkpoint: str, clip, vqgan, byt5, lora, quantize, req, args, adapters=None) -> str:
+  """Samples `req` with the model (its LoRA adapters merged, its weights in `quantize`) and
+  writes the run; `adapters`: the sha256 each adapter file must have (a replay), in order."""
   from paella_jax.pipeline import Pipeline
   from paella_jax.sidecars import run_record, write_run
-  pipe = Pipeline.from_checkpoint(checkpoint, clip=clip, vqgan=vqgan, byt5=byt5, lora=lora)
+  pipe = Pipeline.from_checkpoint(checkpoint, clip=clip, vqgan=vqgan, byt5=byt5, lora=lora,
+                                  quantize=quantize)
   for adapter, digest in zip(pipe.adapters, adapters or ()):
     if adapter["sha256"] != digest:
       raise ValueError(f"the LoRA adapter {adapter['path']} changed since the image was made "
@@ -196,7 +198,7 @@ def replay(args) -> str:
   from paella_jax.sidecars import load_replay
   recorded = load_replay(args.sidecar)
   return _sample(recorded.checkpoint, recorded.clip, recorded.vqgan, recorded.byt5,
-                 recorded.adapters, recorded.request, args,
+                 recorded.adapters, recorded.quantize, recorded.request, args,
                  [a.get("sha256") for a in recorded.lora])
 
 

@@ -135,7 +135,8 @@ def main(argv=None) -> None:
                       args.inputs_max_age_h * 3600)
   # a request encodes its few prompts or its one image alone: chunks of one row, not padded to 64
   pipe = Pipeline.from_checkpoint(args.checkpoint, clip=args.clip, vqgan=args.vqgan,
-                                  byt5=args.byt5, batch_size=1, lora=args.lora)
+                                  byt5=args.byt5, batch_size=1, lora=args.lora,
+                                  quantize=args.quantize)
   metrics = Metrics()
   batcher = Batcher(pipe, metrics, args.max_batch, args.max_wait_ms, args.bucket_policy,
                     args.limits.max_queue, args.limits.max_programs)

@@ -312,10 +312,14 @@ def preprocess_images(images, size: int):
 @functools.partial(jax.jit, static_argnums=(0, 2))
 def init_params(config: ClipConfig, rng: jax.Array, param_dtype: Any = jnp.float32):
   """Randomly initialised parameters of `CLIP(config)` (compiled once per config)."""
-  model = CLIP(config, param_dtype=param_dtype)
+  return CLIP(config, param_dtype=param_dtype).init(rng, *example_inputs(config))["params"]
+
+
+def example_inputs(config: ClipConfig) -> tuple:
+  """The arguments of one call: a (1, context) zero token row and, with a vision tower, a
+  (1, size, size, 3) zero image."""
   ids = jnp.zeros((1, config.text.context_length), jnp.int32)
-  pixels = None
-  if config.vision is not None:
-    size = config.vision.image_size
-    pixels = jnp.zeros((1, size, size, 3), jnp.float32)
-  return model.init(rng, ids, pixels)["params"]
+  if config.vision is None:
+    return ids, None
+  size = config.vision.image_size
+  return ids, jnp.zeros((1, size, size, 3), jnp.float32)

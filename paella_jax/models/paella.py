@@ -328,12 +328,16 @@ class DenoiseUNet(nn.Module):
     return _constrain(logits.astype(jnp.float32), ACT_VOCAB)
 
 
+def example_inputs(model: DenoiseUNet, latent_shape: Sequence[int]) -> tuple:
+  """The arguments of one call on a (1, h, w) zero token map with pooled conditioning."""
+  return jnp.zeros((1, *latent_shape), jnp.int32), jnp.zeros((1, model.c_clip)), jnp.zeros((1,))
+
+
 def init_params(model: DenoiseUNet, rng: jax.Array, latent_shape: Sequence[int],
                 unbox: bool = True) -> dict:
-  """Fresh parameters, initialised on a (1, h, w) zero token map with pooled conditioning.
-  With unbox=False they keep their logical axis names (for `nn.get_partition_spec`)."""
-  params = model.init(rng, jnp.zeros((1, *latent_shape), jnp.int32), jnp.zeros((1, model.c_clip)),
-                      jnp.zeros((1,)))["params"]
+  """Fresh parameters, initialised on `example_inputs`. With unbox=False they keep their
+  logical axis names (for `nn.get_partition_spec`)."""
+  params = model.init(rng, *example_inputs(model, latent_shape))["params"]
   return nn.meta.unbox(params) if unbox else params
 
 

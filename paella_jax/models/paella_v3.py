@@ -277,8 +277,9 @@ class Unpatchify(nn.Module):
                              if self.bias_per_position else ((self.features,), ("embed",)))
     bias = self.param("bias", _init(nn.initializers.zeros_init(), bias_axes), bias_shape,
                       self.param_dtype)
-    y = jnp.einsum("bhwc,ijco->bhiwjo", x.astype(self.dtype), kernel.astype(self.dtype))
-    y = y + (bias[None, None, :, None] if self.bias_per_position else bias).astype(self.dtype)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    y = jnp.einsum("bhwc,ijco->bhiwjo", x, kernel)
+    y = y + (bias[None, None, :, None] if self.bias_per_position else bias)
     return y.reshape(b, h * p, w * p, self.features)
 
 
@@ -467,15 +468,19 @@ class PaellaV3(nn.Module):
     return nn.with_logical_constraint(logits.astype(jnp.float32), ACT_VOCAB)
 
 
+def example_inputs(model: PaellaV3, latent_shape: Sequence[int]) -> tuple:
+  """The arguments of one call on a (1, h, w) zero token map with every conditioning input."""
+  return (jnp.zeros((1, *latent_shape), jnp.int32), jnp.zeros((1,)),
+          jnp.zeros((1, 1, model.byt5_embd)), jnp.zeros((1, model.clip_embd)),
+          jnp.zeros((1, model.clip_embd)))
+
+
 def init_params(model: PaellaV3, rng: jax.Array, latent_shape: Sequence[int],
                 unbox: bool = True) -> dict:
-  """Fresh parameters, initialised on a (1, h, w) zero token map with every conditioning input.
-  The output map starts as the transposed input embedding (when c_in == c_out), as the
-  original's. With unbox=False
-  they keep their logical axis names (for `nn.get_partition_spec`)."""
-  params = model.init(rng, jnp.zeros((1, *latent_shape), jnp.int32), jnp.zeros((1,)),
-                      jnp.zeros((1, 1, model.byt5_embd)), jnp.zeros((1, model.clip_embd)),
-                      jnp.zeros((1, model.clip_embd)))["params"]
+  """Fresh parameters, initialised on `example_inputs`. The output map starts as the transposed
+  input embedding (when c_in == c_out), as the original's. With unbox=False they keep their
+  logical axis names (for `nn.get_partition_spec`)."""
+  params = model.init(rng, *example_inputs(model, latent_shape))["params"]
   if model.c_in == model.c_out:
     out = params["out_mapper"]["kernel"]
     tied = nn.meta.unbox(params["in_mapper"]["embedding"]).T

@@ -222,8 +222,13 @@ class T5Encoder(nn.Module):
     return RMSNorm(c.layer_norm_epsilon, self.param_dtype, name="final_norm")(x)
 
 
+def example_inputs() -> tuple:
+  """The arguments of one call: a (1, 8) zero token batch."""
+  return (jnp.zeros((1, 8), jnp.int32),)
+
+
 def init_params(model: T5Encoder, rng: jax.Array, unbox: bool = True) -> dict:
   """Fresh parameters (traced on a (1, 8) zero batch). With unbox=False they keep their logical
   axis names (for `nn.get_partition_spec`)."""
-  params = model.init(rng, jnp.zeros((1, 8), jnp.int32))["params"]
+  params = model.init(rng, *example_inputs())["params"]
   return nn.meta.unbox(params) if unbox else params
