@@ -149,7 +149,9 @@ class Pipeline:
   `ByT5Encoder`, v3 only; `codec`: a `VQGANCodec`) or as checkpoint directories loaded on first
   use (`clip_dir`, `byt5_dir`, `vqgan_dir`); a pipeline without a VQGAN samples codes only, one
   without text encoders takes embeddings only. `directory`: the model's checkpoint directory
-  (recorded in sidecars), when it was loaded from one.
+  (recorded in sidecars), when it was loaded from one. `batch_size`: images per VQGAN call (the
+  text and image encoders take `_encoder_rows()` rows per call). `quantize`: the precision the
+  encoders loaded here are held in (`paella_jax.quantize`; the predictor is given as it is).
   """
 
   def __init__(self, model, params, *, kind: str = "paella_v1",
