@@ -324,7 +324,12 @@ def test_timeout_health_and_sigterm_are_bounded(tiny_checkpoints, tmp_path):
     status, answer = running.post("/v1/generate", {"prompt": "a", "steps": 50000})
     assert status == 503 and answer["field"] is None and "--timeout-s" in answer["error"]
     assert time.monotonic() - start < 30
-    assert call(running, "GET", "/health", key=None)[0] == 503
+    # the call may have started after the request (encoding first): once it has run past
+    # --timeout-s, /health says busy
+    deadline = time.monotonic() + 20
+    while call(running, "GET", "/health", key=None)[0] != 503:
+      assert time.monotonic() < deadline, "/health never said busy during the stuck call"
+      time.sleep(0.2)
     running.process.send_signal(signal.SIGTERM)
     start = time.monotonic()
     running.process.wait(timeout=30)
