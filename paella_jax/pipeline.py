@@ -217,7 +217,8 @@ class Pipeline:
       if not self.clip_dir:
         raise ValueError("this needs a CLIP text encoder: the model records none; pass one "
                          "(--clip CKPT_DIR)")
-      model, params, tokenizer = load_clip(self.clip_dir, text_only=not vision)
+      with quantization.loading(self.quantize):
+        model, params, tokenizer = load_clip(self.clip_dir, text_only=not vision)
       model, params = quantization.quantize(model, params, self.quantize,
                                             example_inputs(model.config),
                                             methods=("encode_text", "encode_image"))
@@ -233,7 +234,8 @@ class Pipeline:
       if not self.byt5_dir:
         raise ValueError("this needs a ByT5 text encoder: the model records none; pass one "
                          "(--byt5 CKPT_DIR)")
-      model, params, tokenizer = load_t5_encoder(self.byt5_dir)
+      with quantization.loading(self.quantize):
+        model, params, tokenizer = load_t5_encoder(self.byt5_dir)
       if tokenizer is None:
         raise ValueError(f"{self.byt5_dir} is a T5 without the byte tokenizer; Paella v3 "
                          "takes ByT5 states (convert google/byt5-xl)")

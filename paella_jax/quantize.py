@@ -24,6 +24,7 @@ be loaded in int8.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Sequence
 
 import jax
@@ -57,12 +58,17 @@ def quantize(model, params: Any, mode: str | None, example_inputs: Sequence[Any]
   if check(mode) is None:
     return model, params
   model = model.clone(dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
-  host = jax.devices("cpu")[0]
-  with jax.default_device(host):
+  with loading(mode):
     params = jax.tree.map(_bfloat16, params)
     if mode == "int8":
       model, params = _int8(model, params, example_inputs, methods)
   return model, jax.device_put(params, jax.devices()[0])
+
+
+def loading(mode: str | None):
+  """A context for reading weights that `quantize` will hold in `mode`: on the host CPU when
+  quantizing (so float32 weights never reach the accelerator), unchanged otherwise."""
+  return jax.default_device(jax.devices("cpu")[0]) if check(mode) else contextlib.nullcontext()
 
 
 def _bfloat16(x):

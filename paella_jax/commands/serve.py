@@ -133,7 +133,7 @@ def main(argv=None) -> None:
   access = access_of(args)
   inputs = InputStore(args.inputs_dir, int(args.inputs_quota_mb * 2 ** 20),
                       args.inputs_max_age_h * 3600)
-  # a request encodes its few prompts or its one image alone: chunks of one row, not padded to 64
+  # a request decodes its few images alone: VQGAN chunks of one row, not padded to 64
   pipe = Pipeline.from_checkpoint(args.checkpoint, clip=args.clip, vqgan=args.vqgan,
                                   byt5=args.byt5, batch_size=1, lora=args.lora,
                                   quantize=args.quantize)
