@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from configs import demo, vqgan_tiny
-from paella_jax.data.scenes import (HELD_OUT, all_scenes, held_out_scenes, make_dataset,
-                                    training_scenes)
+from paella_jax.data.scenes import (HELD_OUT, NEW_SHAPES, SHAPES, all_scenes, held_out_scenes,
+                                    make_dataset, shape_scenes, training_scenes)
 from paella_jax.eval.adherence import analyse, score
 from paella_jax.models.vqgan import init_params, vqgan_from_config
 from paella_jax.training.vqgan import init_state, make_train_step, restart_dead_codes
@@ -30,6 +30,18 @@ def test_analyser_reads_the_datasets_own_images():
   images, scenes = make_dataset(1500, seed=11, scenes=all_scenes())
   result = score(images, scenes)
   assert result["all"] >= 0.99, result
+
+
+def test_new_shapes_are_drawn_recognised_and_kept_out_of_the_demo():
+  scenes = shape_scenes(NEW_SHAPES)
+  assert len(scenes) == 24 and scenes[0].caption == "a red rectangle in the top left"
+  images, drawn = make_dataset(480, seed=5, scenes=scenes)
+  assert score(images, drawn)["all"] >= 0.99
+  # the demo's own shapes are still read as before with the new shape in the analyser
+  assert not {s.shape for s in make_dataset(500, seed=0)[1]} & set(NEW_SHAPES)
+  assert {s.shape for s in training_scenes(SHAPES + NEW_SHAPES)} == set(SHAPES + NEW_SHAPES)
+  with pytest.raises(ValueError, match="unknown shape.*hexagon.*draw circle"):
+    shape_scenes(("hexagon",))
 
 
 def test_analyser_reports_empty_images_as_failures():

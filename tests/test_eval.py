@@ -114,6 +114,23 @@ def test_coco_folder_pairs_and_references(tmp_path):
     open_eval_data(str(root), num_samples=1, images_dir=str(tmp_path / "nowhere"))
 
 
+def test_demo_data_of_named_shapes_and_their_adherence_split():
+  """"demo:SHAPE,..." takes every prompt of those shapes; the new shape's scenes are scored
+  apart ("new_shapes"), and the references are read back as their prompts."""
+  from paella_jax.eval.adherence import score_by_split
+  data = open_eval_data("demo:rectangle,circle", 96, seed=2)
+  assert len(data.captions) == 96 and data.name == "demo-rectangle-circle-n96-s2"
+  assert {s.shape for s in data.scenes} == {"rectangle", "circle"}
+  assert data.captions[0] == data.scenes[0].caption == "a red rectangle in the top left"
+  images = np.concatenate(list(data.references(32, batch_size=40))) / 255.0
+  result = score_by_split(images, data.scenes)
+  assert result["new_shapes"]["count"] == 48 and result["new_shapes"]["all"] == 1.0
+  assert result["seen"]["count"] + result["held_out"]["count"] == 48
+  assert len(open_eval_data("demo", 72).captions) == 72
+  with pytest.raises(ValueError, match="unknown shape.*hexagon"):
+    open_eval_data("demo:hexagon", 8)
+
+
 def test_tfds_coco_captions_layout():
   """tfds coco_captions records: a decoded image and a sequence of captions (first one used)."""
   from paella_jax.eval.data import coco_tfds

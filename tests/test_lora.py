@@ -25,15 +25,20 @@ def _inputs(model, kind):
   return (x, r), dict(byt5=jnp.ones((2, 5, model.byt5_embd)), clip=jnp.ones((2, model.clip_embd)))
 
 
+def _varied_base(model, family):
+  """Random base params perturbed so that every layer matters (v3's output starts at 0)."""
+  leaves, tree = jax.tree.flatten(family.module.init_params(model, jax.random.key(0), (8, 8)))
+  rng = np.random.default_rng(1)
+  return jax.tree.unflatten(tree, [jnp.asarray(np.asarray(l) + 0.05 * rng.normal(size=l.shape),
+                                               jnp.float32) for l in leaves])
+
+
 @pytest.mark.parametrize("config", [tiny, tiny_v3], ids=["v1", "v3"])
 def test_adapters_start_as_the_base_and_merge_exactly(config):
   c = config.get_config()
   family = families.of_config(c)
   model = family.build_model(c.model)
-  leaves, tree = jax.tree.flatten(family.module.init_params(model, jax.random.key(0), (8, 8)))
-  rng = np.random.default_rng(1)  # a base whose every layer matters (v3's output starts at 0)
-  base = jax.tree.unflatten(tree, [jnp.asarray(np.asarray(l) + 0.05 * rng.normal(size=l.shape),
-                                               jnp.float32) for l in leaves])
+  base = _varied_base(model, family)
   spec = lora.LoraSpec(rank=4, alpha=8.0)
   adapted = lora.lora_model(model, spec)
   args, kw = _inputs(model, family.kind)
@@ -51,6 +56,27 @@ def test_adapters_start_as_the_base_and_merge_exactly(config):
     merged = run(model, lora.merge(base, trained, spec.alpha, spec.rank))
   assert float(jnp.abs(unmerged - expected).max()) > 1e-2       # the adapters do something
   np.testing.assert_allclose(merged, unmerged, atol=1e-5)
+
+
+def test_lora_dropout_acts_on_the_adapters_input_while_training_only():
+  """Dropout masks the adapters' input (seeded by the step's "dropout" rng): zero adapters give
+  the base whatever the mask; sampling merges the adapters, so it never drops anything."""
+  c = tiny.get_config()
+  model = families.of_config(c).build_model(c.model)
+  base = _varied_base(model, families.of_config(c))
+  spec = lora.LoraSpec(rank=4, alpha=8.0, dropout=0.5)
+  adapted = lora.lora_model(model, spec)
+  args, _ = _inputs(model, "paella_v1")
+  with_factors = lambda factors: unflatten_dict({**flatten_dict(base), **{
+      tuple(k.split("/")): jnp.asarray(v) for k, v in factors.items()}})
+  run = jax.jit(lambda p, key: adapted.apply({"params": p}, *args, rngs={"dropout": key}))
+  trained = with_factors(lora.random_adapters(model, spec, b_scale=0.05))
+  np.testing.assert_array_equal(run(trained, jax.random.key(1)), run(trained, jax.random.key(1)))
+  assert float(jnp.abs(run(trained, jax.random.key(1)) - run(trained, jax.random.key(2))).max()
+               ) > 1e-3
+  zero = with_factors(lora.random_adapters(model, spec))
+  np.testing.assert_allclose(run(zero, jax.random.key(1)), model.apply({"params": base}, *args),
+                             atol=1e-5)
 
 
 def _finetune_config(base_dir, steps):
@@ -84,6 +110,28 @@ def test_lora_training_changes_only_the_adapters_and_resumes_exactly(tiny_checkp
   assert changed == targeted and any("mlp_in" in k for k in changed)
   losses = [json.loads(line)["loss"] for line in open(tmp_path / "a" / "metrics.jsonl")]
   assert len(losses) == 4 and all(np.isfinite(losses))
+
+
+def test_the_demo_lora_example_trains_on_scenes_encoded_on_the_fly(tiny_checkpoints, tmp_path):
+  """configs/demo_lora.py (the worked example) on the tiny checkpoints, the demo's
+  architecture: the "scenes" source (the demo's images with the new shape, encoded by the VQGAN
+  and CLIP as they are drawn, as a folder of your own images would be), with adapter dropout:
+  the adapters learn and are written."""
+  from paella_jax.configs import demo_lora
+  from paella_jax.training.loop import train
+  c = demo_lora.get_config()
+  assert "rectangle" in c.data.shapes and c.data.source == "scenes"
+  c.data.update(num_images=24, vqgan=str(tiny_checkpoints / "vqgan"),
+                clip=str(tiny_checkpoints / "clip"))
+  c.train.update(init_from=str(tiny_checkpoints / "model"), total_steps=6, batch_size=8,
+                 log_every=1, checkpoint_every=6)
+  c.train.lora.dropout = 0.25
+  state = train(c, str(tmp_path), progress=False)
+  b = [v for k, v in flatten_dict(state.params).items() if k[-1] == "kernel_lora_b"]
+  assert b and all(float(jnp.abs(v).max()) > 0 for v in b)
+  losses = [json.loads(line)["loss"] for line in open(tmp_path / "metrics.jsonl")]
+  assert len(losses) == 6 and all(np.isfinite(losses))
+  assert lora.load_adapter(str(tmp_path / "adapter.safetensors")).rank == 16
 
 
 def test_lora_needs_its_base_and_adapters_refuse_another(tiny_checkpoints, tmp_path):

@@ -54,8 +54,8 @@ def test_every_trainable_preset_names_its_job():
   # paella_jax.commands.aot also defines, and tests share a process.
   from paella_jax.configs import load
   JOBS = ("pipeline", "vqgan", "paella")
-  jobs = {name: load(name).job for name in ("demo", "demo_v3", "folder", "tiny", "tiny_v3",
-                                            "paella_v1", "paella_v3", "vqgan_tiny",
+  jobs = {name: load(name).job for name in ("demo", "demo_v3", "demo_lora", "folder", "tiny",
+                                            "tiny_v3", "paella_v1", "paella_v3", "vqgan_tiny",
                                             "vqgan_sber_f8")}
   assert set(jobs.values()) == set(JOBS)
   assert jobs["folder"] == jobs["demo"] == "pipeline" and jobs["vqgan_tiny"] == "vqgan"

@@ -4,6 +4,7 @@
         --inception ckpts/inception_fid --clip-score-model ckpts/clip_vit_l14 \
         --cfg 1 2 3 4 5 6 7 8 --batch-size 256 --out eval/paella_v1
     paella-eval                  # the demo's model (runs/demo): adherence on its scenes
+    paella-eval --data demo:rectangle --lora runs/demo_lora/adapter.safetensors   # a new shape
 
 Paella v1 and v3 checkpoints alike (see paella_jax/eval/run.py for what is measured). Writes
 OUT/report.json and OUT/samples_cfg{w}.png (the first 64 images of each guidance weight).
@@ -17,7 +18,7 @@ import os
 
 from paella_jax.commands.options import add_model_options, number_or_off
 
-DEMO_SAMPLES = 1152           # 16 per prompt, as the demo's own evaluation of seen prompts
+DEMO_SAMPLES_PER_PROMPT = 16  # as the demo's own evaluation of seen prompts
 DEFAULT_SAMPLES = 30000       # the paper's zero-shot COCO FID
 
 
@@ -26,10 +27,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   add_model_options(p, "runs/demo/paella/model")
   p.add_argument("--data", help="a COCO folder or captions json, tfds:coco_captions[:SPLIT], or "
-                 "demo (default for the demo's model)")
+                 "demo (default for the demo's model; demo:SHAPE,... the prompts of those "
+                 "shapes)")
   p.add_argument("--images", help="COCO image folder (default: beside annotations/)")
   p.add_argument("--num-samples", type=int, help=f"images per guidance weight "
-                 f"(default {DEFAULT_SAMPLES}; {DEMO_SAMPLES} for the demo)")
+                 f"(default {DEFAULT_SAMPLES}; {DEMO_SAMPLES_PER_PROMPT} per prompt for the demo)")
   p.add_argument("--batch-size", type=int, default=256, help="images per sharded batch")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--cfg", type=number_or_off, nargs="+", help="guidance weight(s), or 'off': "
@@ -66,7 +68,8 @@ def is_demo(clip_dir: str | None, image_size: int) -> bool:
 def main(argv=None) -> dict:
   """Runs the evaluation the arguments describe; returns the report (also OUT/report.json)."""
   import jax
-  from paella_jax.eval.data import open_eval_data
+  from paella_jax.data.scenes import shape_scenes
+  from paella_jax.eval.data import demo_shapes, open_eval_data
   from paella_jax.eval.run import Generator, cfg_name, evaluate, inception_id, reference_stats
   from paella_jax.images import make_grid, save_png
   from paella_jax.pipeline import Pipeline
@@ -81,7 +84,9 @@ def main(argv=None) -> dict:
   spec = args.data or ("demo" if is_demo(pipe.clip_dir, gen.image_size) else None)
   if spec is None:
     raise ValueError("pass --data: a COCO folder or captions json, or tfds:coco_captions")
-  num = args.num_samples or (DEMO_SAMPLES if spec == "demo" else DEFAULT_SAMPLES)
+  shapes = demo_shapes(spec)
+  num = args.num_samples or (DEMO_SAMPLES_PER_PROMPT * len(shape_scenes(shapes)) if shapes
+                             else DEFAULT_SAMPLES)
   data = open_eval_data(spec, num, args.seed, args.images)
 
   features = reference = scorer = None

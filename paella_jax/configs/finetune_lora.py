@@ -5,7 +5,8 @@
     paella-train --config paella_jax/configs/finetune_lora.py:paella_v3 ...   # Paella v3
 
 The argument after ":" names the preset of the base model's architecture (paella_v1 by default;
-paella_v3, tiny, tiny_v3, demo's model...): the trainer checks that config.train.init_from holds
+paella_v3, tiny, tiny_v3; configs/demo_lora.py builds on `with_lora` for the demo's model): the
+trainer checks that config.train.init_from holds
 exactly that architecture. Only the adapters train (rank 8, alpha 8, the family's default target
 layers; `config.train.lora`); the base stays frozen in `lora.base_dtype`; the optimizer state and
 the EMA cover only the adapters, and the run ends by writing WORKDIR/adapter.safetensors
@@ -20,7 +21,11 @@ import ml_collections
 
 
 def get_config(base: str = "paella_v1"):
-  c = importlib.import_module(f"paella_jax.configs.{base}").get_config()
+  return with_lora(importlib.import_module(f"paella_jax.configs.{base}").get_config())
+
+
+def with_lora(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A token predictor's training config `c`, made a LoRA fine-tuning of it (changed in place)."""
   c.train.lora = ml_collections.ConfigDict(dict(
       rank=8, alpha=8.0, dropout=0.0,
       targets="",             # a regex over module paths; "" = the family's Family.lora_targets

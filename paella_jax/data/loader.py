@@ -272,25 +272,28 @@ class ImageBatcher(_GrainBatcher):
 
 
 def batcher_from_config(config, state: dict | None = None, rows: slice | None = None):
-  """The "records" or "images" data source of a training config (see docs/data.md):
-  config.data.path, and config.data.workers / prefetch; for "images" also config.data.vqgan,
-  config.data.clip (checkpoint directories), image_size, crop."""
+  """The "records", "images" or "scenes" data source of a training config (see docs/data.md):
+  config.data.path, and config.data.workers / prefetch; the last two encode on the fly with
+  config.data.vqgan and config.data.clip (checkpoint directories) at image_size, crop ("scenes":
+  the demo's generated scenes, `paella_jax.data.read.open_data`)."""
   d, m, t = config.data, config.model, config.train
   workers, prefetch = d.get("workers", 0), d.get("prefetch", 2)
   if d.source == "records":
     batcher = RecordBatcher(d.path, t.batch_size, t.seed, state, rows, workers, prefetch)
     batcher.check(config.latent_shape, m.num_labels, m.c_clip)
     return batcher
-  if d.source == "images":
+  if d.source in ("images", "scenes"):
+    from paella_jax.data.read import open_data
     from paella_jax.encoders.clip import ClipEncoder, load_clip
     from paella_jax.encoders.vq import VQGANCodec, load_vqgan
-    from paella_jax.data.sources import open_source
     rows_ = rows or slice(0, t.batch_size)
     vq, vq_params = load_vqgan(d.vqgan)
     clip_model, clip_params, tokenizer = load_clip(d.clip, text_only=True)
     local = rows_.stop - rows_.start
-    return ImageBatcher(open_source(d.path), VQGANCodec(vq, vq_params, local),
-                        ClipEncoder(clip_model, clip_params, tokenizer, local, warn_truncated=False), t.batch_size,
+    return ImageBatcher(open_data(d), VQGANCodec(vq, vq_params, local),
+                        ClipEncoder(clip_model, clip_params, tokenizer, local,
+                                    warn_truncated=False), t.batch_size,
                         d.get("image_size", 256), d.get("crop", "random"), None, t.seed, state,
                         rows, workers, prefetch)
-  raise ValueError(f"unknown data.source {d.source!r} for the grain loader (records, images)")
+  raise ValueError(f"unknown data.source {d.source!r} for the grain loader (records, images, "
+                   "scenes)")

@@ -5,7 +5,8 @@
     captions = pick_captions(source, 8)                       # 8 captions spread over the source
 
 `data.source` is "images" (`data.path`: a folder, an index, .tar shards or "tfds:NAME", as
-paella-prepare reads) or "scenes" (the demo's generated scenes). Stage 1 holds its images in
+paella-prepare reads) or "scenes" (the demo's generated scenes: `data.num_images` of them drawn
+with `data.seed`, of `data.shapes`, default the demo's three). Stage 1 holds its images in
 memory as float32: 12 KB per 32x32 image, 768 KB per 256x256 one.
 """
 
@@ -27,18 +28,27 @@ SOURCES = ("images", "scenes")
 def open_data(data) -> Source:
   """The Source of a `data` section: its images with their captions."""
   if data.source == "scenes":
-    from paella_jax.data.scenes import make_dataset
     from paella_jax.data.sources import memory_source
     from paella_jax.images import to_uint8
-    images, scenes = make_dataset(data.num_images, data.seed)
+    images, scenes = _scenes(data)
     return memory_source(to_uint8(images), [s.caption for s in scenes])
   if data.source != "images":
     raise ValueError(f"unknown data.source {data.source!r} (one of {', '.join(SOURCES)})")
   if not data.path:
     raise ValueError("data.path is empty: pass --config.data.path=FOLDER (a folder of images "
                      "with captions, an index file, .tar shards or tfds:NAME)")
-  return open_source(data.path, split=data.split, image_key=data.image_key,
-                     caption_key=data.caption_key or None, path_column=data.path_column or None)
+  return open_source(data.path, split=data.get("split", "train"),
+                     image_key=data.get("image_key", "image"),
+                     caption_key=data.get("caption_key") or None,
+                     path_column=data.get("path_column") or None)
+
+
+def _scenes(data, size: int | None = None):
+  """The "scenes" source's (images (N, size, size, 3) float32 in [0, 1], their scenes)."""
+  from paella_jax.data import scenes
+  shapes = tuple(data.get("shapes") or scenes.SHAPES)
+  return scenes.make_dataset(data.num_images, data.seed, scenes.training_scenes(shapes),
+                             size=size or scenes.IMAGE_SIZE)
 
 
 def stage1_images(data, size: int) -> np.ndarray:
@@ -47,8 +57,7 @@ def stage1_images(data, size: int) -> np.ndarray:
   `data.seed`). Unreadable or too small (< size / 2) images are skipped and counted in the log;
   raises ValueError when none is left."""
   if data.source == "scenes":
-    from paella_jax.data.scenes import make_dataset
-    return make_dataset(data.num_images, data.seed, size=size)[0]
+    return _scenes(data, size)[0]
   source = open_data(data)
 
   def load(shard, i):

@@ -3,13 +3,14 @@
 Each 32x32 image shows one shape (circle, square, triangle) in one of six colours in one of four
 quadrants on a light grey background, captioned "a red circle in the top left". A few
 (colour, shape, position) combinations are held out of training entirely, to measure whether
-the model composes attributes it has only seen apart.
+the model composes attributes it has only seen apart. NEW_SHAPES are drawn and recognised but
+never trained on by the demo: the concepts a fine-tuning run can teach it (docs/finetune.md).
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -20,6 +21,7 @@ COLOURS = {
     "yellow": (0.95, 0.85, 0.10), "purple": (0.55, 0.10, 0.75), "black": (0.10, 0.10, 0.10),
 }
 SHAPES = ("circle", "square", "triangle")
+NEW_SHAPES = ("rectangle",)  # a wide bar, 2.6 times as wide as high: not in the demo's data
 POSITIONS = {"top left": (0, 0), "top right": (0, 1), "bottom left": (1, 0),
              "bottom right": (1, 1)}  # (row, column) of the quadrant
 HELD_OUT = (("red", "triangle", "bottom right"), ("blue", "circle", "top left"),
@@ -37,11 +39,22 @@ class Scene(NamedTuple):
 
 
 def all_scenes() -> list[Scene]:
-  return [Scene(*c) for c in itertools.product(COLOURS, SHAPES, POSITIONS)]
+  """The demo's 72 scenes (SHAPES only)."""
+  return shape_scenes(SHAPES)
 
 
-def training_scenes() -> list[Scene]:
-  return [s for s in all_scenes() if tuple(s) not in HELD_OUT]
+def shape_scenes(shapes: Sequence[str]) -> list[Scene]:
+  """Every (colour, shape, position) scene of the given shapes (of SHAPES + NEW_SHAPES)."""
+  unknown = [s for s in shapes if s not in SHAPES + NEW_SHAPES]
+  if unknown or not shapes:
+    raise ValueError(f"unknown shape(s) {', '.join(unknown) or '(none given)'}: the scenes draw "
+                     f"{', '.join(SHAPES + NEW_SHAPES)}")
+  return [Scene(*c) for c in itertools.product(COLOURS, shapes, POSITIONS)]
+
+
+def training_scenes(shapes: Sequence[str] = SHAPES) -> list[Scene]:
+  """The scenes of `shapes` a training set draws: every combination but the held-out ones."""
+  return [s for s in shape_scenes(shapes) if tuple(s) not in HELD_OUT]
 
 
 def held_out_scenes() -> list[Scene]:
@@ -60,6 +73,8 @@ def draw(scene: Scene, rng: np.random.Generator, size: int = IMAGE_SIZE) -> np.n
     inside = dy ** 2 + dx ** 2 <= half ** 2
   elif scene.shape == "square":
     inside = (np.abs(dy) <= half) & (np.abs(dx) <= half)
+  elif scene.shape == "rectangle":
+    inside = (np.abs(dy) <= 0.5 * half) & (np.abs(dx) <= 1.3 * half)
   else:  # an upward triangle: apex at the top, base at the bottom of the box
     inside = (dy <= half) & (dy >= -half) & (np.abs(dx) <= (dy + half) / 2)
   image = np.broadcast_to(BACKGROUND, (size, size, 3)).copy()
@@ -67,7 +82,7 @@ def draw(scene: Scene, rng: np.random.Generator, size: int = IMAGE_SIZE) -> np.n
   return image
 
 
-def make_dataset(num_images: int, seed: int = 0, scenes: list[Scene] | None = None,
+def make_dataset(num_images: int, seed: int = 0, scenes: Sequence[Scene] | None = None,
                  size: int = IMAGE_SIZE) -> tuple[np.ndarray, list[Scene]]:
   """(images (N, size, size, 3) float32 in [0, 1], their scenes), the scenes cycled over
   `scenes` (default: the training combinations) in a seeded random order."""

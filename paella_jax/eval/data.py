@@ -9,7 +9,9 @@ from the split, one of each image's captions drawn at random; the references are
 the shorter side resized to the generated size (bicubic, antialiased) and center-cropped.
 A COCO folder is a captions json (`annotations/captions_val2014.json`) with its image folder
 (`val2014/`, beside `annotations/`, or given as `images_dir`); a directory holding both works too.
-The demo: the 72 scene prompts cycled `num_samples` times, references drawn by `scenes.draw`.
+The demo: its 72 scene prompts ("demo"), or every prompt of the named shapes ("demo:rectangle",
+"demo:circle,rectangle"; NEW_SHAPES included), cycled to `num_samples`, references drawn by
+`scenes.draw`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from paella_jax.data.decode import decode_image, resize_crop
-from paella_jax.data.scenes import Scene, all_scenes, draw
+from paella_jax.data.scenes import SHAPES, Scene, draw, shape_scenes
 
 
 @dataclasses.dataclass
@@ -119,18 +121,31 @@ def scene_data(scenes: list[Scene], seed: int, name: str) -> EvalData:
   return EvalData(name, [s.caption for s in scenes], load, scenes)
 
 
-def demo_data(num_samples: int, seed: int = 0) -> EvalData:
-  """The demo's 72 scene prompts cycled to `num_samples`."""
-  per_prompt = -(-num_samples // len(all_scenes()))
-  scenes = [s for s in all_scenes() for _ in range(per_prompt)][:num_samples]
-  return scene_data(scenes, seed, f"demo-n{num_samples}-s{seed}")
+def demo_data(num_samples: int, seed: int = 0, shapes: tuple[str, ...] = SHAPES) -> EvalData:
+  """Every scene prompt of `shapes` (the demo's 72 by default) cycled to `num_samples`."""
+  prompts = shape_scenes(shapes)
+  per_prompt = -(-num_samples // len(prompts))
+  scenes = [s for s in prompts for _ in range(per_prompt)][:num_samples]
+  name = "demo" if shapes == SHAPES else "demo-" + "-".join(shapes)
+  return scene_data(scenes, seed, f"{name}-n{num_samples}-s{seed}")
+
+
+def demo_shapes(spec: str) -> tuple[str, ...] | None:
+  """The shapes a "demo[:SHAPE,...]" spec names (the demo's three for "demo"); None for another
+  kind of spec."""
+  kind, sep, shapes = spec.partition(":")
+  if kind != "demo":
+    return None
+  return tuple(s.strip() for s in shapes.split(",")) if sep else SHAPES
 
 
 def open_eval_data(spec: str, num_samples: int, seed: int = 0,
                    images_dir: str | None = None) -> EvalData:
-  """"demo", "tfds:NAME[:SPLIT]" (split default val), or a COCO folder / captions json."""
-  if spec == "demo":
-    return demo_data(num_samples, seed)
+  """"demo[:SHAPE,...]", "tfds:NAME[:SPLIT]" (split default val), or a COCO folder / captions
+  json."""
+  shapes = demo_shapes(spec)
+  if shapes:
+    return demo_data(num_samples, seed, shapes)
   if spec.startswith("tfds:"):
     name, _, split = spec[len("tfds:"):].partition(":")
     return coco_tfds(name, split or "val", num_samples, seed)

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from paella_jax import request
-from paella_jax.eval.adherence import score_seen_and_held_out
+from paella_jax.eval.adherence import score_by_split
 from paella_jax.families import map_rows, pad_rows
 from paella_jax.images import to_uint8
 
@@ -126,7 +126,7 @@ def evaluate(gen: Generator, data, cfgs: Sequence, *, features: Callable | None 
     if scorer is not None:
       result["clip_score"] = float(np.concatenate(clip_scores).mean())
     if data.scenes is not None:
-      result["adherence"] = score_seen_and_held_out(kept, data.scenes)
+      result["adherence"] = score_by_split(kept, data.scenes)
     report(result)
     out.append((result, kept))
   return out

@@ -36,14 +36,15 @@ from paella_jax.training.step import TrainState
 def make_batcher(config, state: dict | None = None, rows: slice | None = None):
   """The config's data source ("random"; "arrays": an .npz file or a directory; "records":
   a directory written by paella_jax.data.prepare; "images": raw images encoded on the fly, see
-  docs/data.md), yielding this process's `rows` of each global batch."""
+  docs/data.md; "scenes": the demo's scenes encoded on the fly), yielding this process's `rows` of each global batch."""
   return _BATCHERS[families.of_config(config).kind](config, state, rows)
 
 
 def _v1_batcher(config, state, rows):
-  """Paella v1: "records", "images" (`paella_jax.data.loader`), "random" or "arrays"."""
+  """Paella v1: "records", "images", "scenes" (`paella_jax.data.loader`), "random" or
+  "arrays"."""
   m = config.model
-  if config.data.source in ("records", "images"):
+  if config.data.source in ("records", "images", "scenes"):
     from paella_jax.data.loader import batcher_from_config
     return batcher_from_config(config, state, rows)
   if config.data.source == "random":
@@ -53,7 +54,7 @@ def _v1_batcher(config, state, rows):
     tokens, clip = load_token_arrays(config.data.path)
   else:
     raise ValueError(f"unknown data.source {config.data.source!r} (random, arrays, records, "
-                     "images)")
+                     "images, scenes)")
   check_token_arrays(tokens, clip, m.num_labels, m.c_clip, source=config.data.path or "random")
   return ArrayBatcher(tokens, clip, config.train.batch_size, config.train.seed, state, rows)
 
