@@ -10,6 +10,11 @@ without running a step (for the paper config on a CPU).
   python benchmarks/bench_train.py --config tiny
   python benchmarks/bench_train.py --config paella_v1 --batch-sizes 64 --dtype bfloat16
   python benchmarks/bench_train.py --config paella_v1 --batch-sizes 1 --compile-only
+  python benchmarks/bench_train.py --config cpu_compare --batch-sizes 8 --lora 8   # LoRA step
+
+`--lora RANK` times the LoRA fine-tuning step instead (configs/finetune_lora.py: adapters of that
+rank on the family's default layers, the frozen base in `--base-dtype`, a zero stand-in for its
+weights: the step's time does not depend on their values).
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from common import (PRESETS, load_average, load_preset, parse_ints, time_calls,
                     write_results)
 
 import jax
+import jax.numpy as jnp
 
+from paella_jax.configs import finetune_lora
 from paella_jax.data.arrays import random_token_arrays
 from paella_jax.hardware import chip_info, out_of_memory
 from paella_jax.sharding import global_batch
@@ -37,7 +44,8 @@ def measure_batch(args, trainer: Trainer, batch_size: int, peak: float) -> dict:
   compile_s = time.perf_counter() - start
   flops = step.cost_analysis().get("flops", 0.0)  # per device, one step
   memory = step.memory_analysis()
-  row = dict(config=args.config, dtype=args.dtype, batch=batch_size, devices=jax.device_count(),
+  row = dict(config=args.config, dtype=args.dtype, lora_rank=args.lora, batch=batch_size,
+             devices=jax.device_count(),
              compile_s=compile_s, gflops_per_step=flops / 1e9,
              gflops_per_image=flops * jax.device_count() / batch_size / 1e9,
              temp_gib=getattr(memory, "temp_size_in_bytes", 0) / 2 ** 30,
@@ -47,11 +55,13 @@ def measure_batch(args, trainer: Trainer, batch_size: int, peak: float) -> dict:
                                        config.model.c_clip)
     batch = global_batch({"tokens": tokens, "clip": clip}, trainer.batch_sharding, batch_size)
     state = trainer.init()
+    frozen = tuple(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype, device=s.sharding), arg)
+                   for arg in trainer.abstract_frozen_args())
     box = [state]
 
     def run():
       for _ in range(args.steps):
-        box[0], metrics = step(box[0], batch)
+        box[0], metrics = step(box[0], batch, *frozen)
       jax.block_until_ready(metrics)
 
     t = time_calls(run, args.repeats)
@@ -80,12 +90,20 @@ def main():
   parser.add_argument("--peak-flops", type=float, default=0.0,
                       help="peak FLOP/s of one device (default: looked up from the device kind)")
   parser.add_argument("--compile-only", action="store_true")
-  parser.add_argument("--name", default=None, help="result file name (default train_CONFIG_DTYPE)")
+  parser.add_argument("--lora", type=int, default=0, metavar="RANK",
+                      help="time the LoRA step with adapters of this rank (0: full training)")
+  parser.add_argument("--base-dtype", choices=("float32", "bfloat16"), default="bfloat16",
+                      help="the frozen base's dtype with --lora")
+  parser.add_argument("--name", default=None,
+                      help="result file name (default train_CONFIG_DTYPE, +_lora with --lora)")
   args = parser.parse_args()
 
   device_kind = jax.devices()[0].device_kind
   peak = args.peak_flops or (chip_info(device_kind) or (0.0,))[0]
-  trainer = Trainer.create(load_preset(args.config, args.dtype)[0])
+  config = load_preset(args.config, args.dtype)[0]
+  if args.lora:
+    finetune_lora.with_lora(config).train.lora.update(rank=args.lora, base_dtype=args.base_dtype)
+  trainer = Trainer.create(config)
   rows = []
   for batch_size in args.batch_sizes:
     try:
@@ -96,7 +114,8 @@ def main():
       row = dict(config=args.config, dtype=args.dtype, batch=batch_size, error="out of memory")
       print(f"B={batch_size:4d}  out of device memory")
     rows.append(row)
-    write_results(args.name or f"train_{args.config}_{args.dtype}", rows, peak_flops=peak,
+    name = f"train_{args.config}_{args.dtype}" + ("_lora" if args.lora else "")
+    write_results(args.name or name, rows, peak_flops=peak,
                   device_kind=device_kind)
 
 

@@ -94,3 +94,17 @@ def test_a_batch_that_does_not_fit_is_recorded_and_the_run_goes_on(script, tmp_p
   rows = json.loads((tmp_path / f"{name}_cpu.json").read_text())["rows"]
   assert [row["batch"] for row in rows] == [4, 2]
   assert rows[0]["error"] == "out of memory" and rows[1]["images_per_s"] > 0
+
+
+def test_bench_train_times_the_lora_step(tmp_path, monkeypatch):
+  """--lora RANK times the LoRA step (adapters trained, a frozen base argument) and records it
+  apart from full training."""
+  monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+  import common
+  monkeypatch.setattr(common, "RESULTS", tmp_path)
+  bench = __import__("bench_train")
+  monkeypatch.setattr(sys, "argv", ["bench_train", "--batch-sizes", "4", "--repeats", "1",
+                                    "--steps", "1", "--lora", "2"])
+  bench.main()
+  (row,) = json.loads((tmp_path / "train_tiny_float32_lora_cpu.json").read_text())["rows"]
+  assert row["lora_rank"] == 2 and row["step_ms"] > 0 and row["gflops_per_step"] > 0
