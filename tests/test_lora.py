@@ -112,6 +112,7 @@ def test_lora_training_changes_only_the_adapters_and_resumes_exactly(tiny_checkp
   assert len(losses) == 4 and all(np.isfinite(losses))
 
 
+@pytest.mark.slow
 def test_the_demo_lora_example_trains_on_scenes_encoded_on_the_fly(tiny_checkpoints, tmp_path):
   """configs/demo_lora.py (the worked example) on the tiny checkpoints, the demo's
   architecture: the "scenes" source (the demo's images with the new shape, encoded by the VQGAN
